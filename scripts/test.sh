@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: lint, then the CPU suite (reference path + Triton kernels under the interpreter).
+# `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, which would import the source
+# tree instead of the installed package (whose `hf_adasplash.kernels` maps the top-level kernels/ folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ruff check .
 export TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
+pytest -q -p no:cacheprovider --timeout 900 "$@"
