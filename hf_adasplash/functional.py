@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from hf_adasplash import _validation as V
@@ -20,6 +22,16 @@ def triton_available(device: torch.device) -> bool:
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if triton_available(device) else "reference"
+    if backend == "triton":
+        # Fail here, not deep inside a launcher: Triton needs CUDA, or the interpreter for CPU tensors.
+        interpret = os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu"
+        if device.type != "cuda" and not interpret:
+            raise ValueError(f'backend="triton" needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), '
+                             f'got tensors on {device}; use backend="reference" or "auto"')
+        try:
+            from hf_adasplash.ops import attention  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f'backend="triton" is unavailable: importing the kernels failed ({e})') from e
     return backend
 
 
@@ -61,13 +73,13 @@ def adasplash_attention(
         ``[B, Hq, Nq, D]`` in the dtype of ``q``. Rows with no visible key are zero (never NaN).
     """
     V.check_qkv(q, k, v)
-    V.check_alpha(alpha, q.shape[1])
+    V.check_alpha(alpha, q.shape[1], q.device)
     V.check_options(scale=scale, window=window, softcap=softcap, backend=backend)
     V.check_masks(q, k, key_padding_mask, q_idx, k_idx)
-    if isinstance(alpha, torch.Tensor) and alpha.device != q.device and alpha.device.type != "cpu":
-        raise ValueError(f"alpha must be on {q.device} (or the CPU), got {alpha.device}")
-    kw = dict(is_causal=is_causal, scale=scale, key_padding_mask=key_padding_mask, q_idx=q_idx, k_idx=k_idx,
-              window=window, softcap=softcap)
+    kw = {
+        "is_causal": is_causal, "scale": scale, "key_padding_mask": key_padding_mask, "q_idx": q_idx, "k_idx": k_idx,
+        "window": window, "softcap": softcap,
+    }
     if _resolve_backend(backend, q.device) == "triton":
         from hf_adasplash.ops.attention import adasplash_attention_triton
 
@@ -96,30 +108,24 @@ def adasplash_varlen_attention(
     Args:
         q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]``.
         cu_seqlens_q, cu_seqlens_k: int32/int64 ``[num_seqs + 1]`` cumulative lengths starting at 0.
-        max_seqlen_q, max_seqlen_k: the longest segment lengths (used to size kernel grids).
+        max_seqlen_q, max_seqlen_k: upper bounds on the segment lengths (they size kernel grids; a value below the
+            longest segment raises ``ValueError``).
         Other arguments as in :func:`adasplash_attention` (causal is bottom-right aligned per segment).
 
     Returns:
         ``[total_q, Hq, D]``; each segment attends only within itself.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be 3-D [total_tokens, heads, head_dim] for varlen attention, got {shape}")
-    # Reuse the 4-D checks on a [1, H, total, D] view.
-    q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k, v))
-    V.check_qkv(q4, k4, v4)
-    V.check_alpha(alpha, q.shape[1])
+    V.check_qkv_varlen(q, k, v)
+    V.check_alpha(alpha, q.shape[1], q.device)
     V.check_options(scale=scale, window=window, softcap=softcap, backend=backend)
-    V.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
-    V.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+    longest_q = V.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    longest_k = V.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
                          f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
-    for name, val in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {val!r}")
-    kw = dict(is_causal=is_causal, scale=scale, window=window, softcap=softcap)
+    V.check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q)
+    V.check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k)
+    kw = {"is_causal": is_causal, "scale": scale, "window": window, "softcap": softcap}
     if _resolve_backend(backend, q.device) == "triton":
         from hf_adasplash.ops.attention import adasplash_varlen_attention_triton
 

@@ -7,7 +7,12 @@ import math
 import torch
 from torch import nn
 
+from hf_adasplash import _validation as _val
 from hf_adasplash._validation import check_alpha
+from hf_adasplash.entmax import entmax
+from hf_adasplash.functional import adasplash_attention
+from hf_adasplash.masks import visibility_mask
+from hf_adasplash.reference import alpha_per_head
 
 DEFAULT_MIN_ALPHA = 1.001  # learnable alpha stays away from 1, where d(alpha) is singular
 DEFAULT_MAX_ALPHA = 2.0
@@ -37,9 +42,13 @@ class AlphaParameter(nn.Module):
     ):
         super().__init__()
         if not 1.0 < min_alpha < max_alpha <= 2.0:
-            raise ValueError(f"alpha bounds must satisfy 1 < min_alpha < max_alpha <= 2, got ({min_alpha}, {max_alpha})")
+            raise ValueError(
+                f"alpha bounds must satisfy 1 < min_alpha < max_alpha <= 2, got ({min_alpha}, {max_alpha})"
+            )
+        if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
+            raise ValueError(f"num_heads must be None or an int >= 1, got {num_heads!r}")
         self.min_alpha, self.max_alpha, self.init = float(min_alpha), float(max_alpha), float(init)
-        shape = () if num_heads is None else (int(num_heads),)
+        shape = () if num_heads is None else (num_heads,)
         self.logit = nn.Parameter(torch.full(shape, self.logit_for(init), dtype=torch.float32), requires_grad=learnable)
 
     def logit_for(self, alpha: float) -> float:
@@ -59,6 +68,8 @@ class AlphaParameter(nn.Module):
     def forward(self) -> torch.Tensor:
         logit = self.logit.float()
         alpha = self.min_alpha + (self.max_alpha - self.min_alpha) * torch.sigmoid(logit)
+        # float32 rounding of min + (max - min) * 1 can land one ulp above max_alpha (e.g. above 2): clamp.
+        alpha = alpha.clamp(self.min_alpha, self.max_alpha)
         return torch.where(torch.isneginf(logit), torch.ones_like(alpha), alpha)
 
     def extra_repr(self) -> str:
@@ -94,6 +105,11 @@ class AdaptiveSplashAttention(nn.Module):
         num_heads: int | None = None,
     ):
         super().__init__()
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim must be an int >= 1, got {head_dim!r}")
+        if sm_scale is not None and (isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float))
+                                     or not math.isfinite(sm_scale)):
+            raise ValueError(f"sm_scale must be None or a finite float, got {sm_scale!r}")
         check_alpha(alpha)
         if k_keep is not None and (isinstance(k_keep, bool) or not isinstance(k_keep, int) or k_keep < 1):
             raise ValueError(f"k_keep must be None or an int >= 1, got {k_keep!r}")
@@ -104,27 +120,20 @@ class AdaptiveSplashAttention(nn.Module):
         self.alpha = AlphaParameter(num_heads, init=alpha, learnable=learnable_alpha)
 
     def forward(self, Q, K, V, Q_idx=None, K_idx=None):
-        from hf_adasplash.functional import adasplash_attention
-        from hf_adasplash.reference import attention_reference
-
+        _val.check_qkv(Q, K, V)
         if Q.shape[-1] != self.head_dim:
             raise ValueError(f"expected head_dim {self.head_dim}, got Q with last dim {Q.shape[-1]}")
         alpha = self.alpha() if self.adaptive_threshold else 1.0
         if self.k_keep is None:
             return adasplash_attention(Q, K, V, alpha, scale=self.sm_scale, q_idx=Q_idx, k_idx=K_idx)
-        # Support cap: mask all but the k_keep largest scores of each query, then entmax (or softmax).
-        from hf_adasplash import _validation as V
-
-        V.check_qkv(Q, K, V)
-        V.check_masks(Q, K, None, Q_idx, K_idx)
-        return _topk_attention(Q, K, V, alpha, self.k_keep, self.sm_scale, Q_idx, K_idx, attention_reference)
+        # The support cap runs on the dense path (scores are materialised for top-k).
+        _val.check_alpha(alpha, Q.shape[1], Q.device)
+        _val.check_masks(Q, K, None, Q_idx, K_idx)
+        return _topk_attention(Q, K, V, alpha, self.k_keep, self.sm_scale, Q_idx, K_idx)
 
 
-def _topk_attention(q, k, v, alpha, k_keep, scale, q_idx, k_idx, attention_reference):
-    from hf_adasplash.entmax import entmax
-    from hf_adasplash.masks import visibility_mask
-    from hf_adasplash.reference import alpha_per_head
-
+def _topk_attention(q, k, v, alpha, k_keep, scale, q_idx, k_idx):
+    """Each query keeps only its ``k_keep`` largest visible scores (ties with the k-th are all kept), then entmax."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -134,7 +143,7 @@ def _topk_attention(q, k, v, alpha, k_keep, scale, q_idx, k_idx, attention_refer
     if mask is not None:
         s = s.masked_fill(~mask[:, None, None], float("-inf"))
     if k_keep < Nk:
-        kth = s.topk(k_keep, dim=-1).values[..., -1:]
+        kth = s.detach().topk(k_keep, dim=-1).values[..., -1:]
         s = s.masked_fill(s < kth, float("-inf"))
     a = alpha_per_head(alpha, Hq, cdt, q.device).reshape(1, Hkv, G, 1, 1)
     p = entmax(s, a, dim=-1)
