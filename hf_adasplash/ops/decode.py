@@ -1,0 +1,149 @@
+"""alpha-entmax decode: few queries (Nq <= 16) against a long KV cache, forward only, no host sync.
+
+Three phases (see ``kernels/decode.py``): split-K scores + per-tile maxima (K read once, by the whole GQA group),
+a row-wise tau solve over the stored fp32 scores (``kernels/entmax_rows.py``), and an output pass that loads only
+the V tiles holding support, then a sum over splits. The split count and every length are runtime values, so a
+growing cache does not recompile.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from hf_adasplash.kernels.decode import decode_output_fwd_kernel, decode_reduce_kernel, decode_scores_fwd_kernel
+from hf_adasplash.kernels.entmax_rows import entmax_rows_tau_kernel
+
+__all__ = ["MAX_DECODE_QUERIES", "adasplash_decode_triton"]
+
+MAX_DECODE_QUERIES = 16
+BN = 64  # key tile: the granularity of V skipping (and of the block-sparsity statistics)
+MAX_ROWS_PER_PROGRAM = 64
+NEWTON_TOL = 1e-6
+NEWTON_MAX_ITERS = 40
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _splits(n_tiles: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
+    """(tiles per split, number of splits): enough programs to fill the GPU a few times over."""
+    want = max(1, (4 * _num_sms(device)) // max(1, programs_per_split))
+    tiles = max(4, triton.cdiv(n_tiles, want))
+    return tiles, triton.cdiv(n_tiles, tiles)
+
+
+@torch.library.custom_op("hf_adasplash::decode_fwd", mutates_args=())
+def decode_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    is_causal: bool,
+    scale: float,
+    key_padding_mask: torch.Tensor | None,
+    window: int,
+    softcap: float,
+) -> torch.Tensor:
+    """Kernel launch sequence; ``alpha`` is fp32 ``[Hq]`` on q's device, window/softcap <= 0 mean none."""
+    B, HQ, NQ, D = q.shape
+    HKV, Nk = k.shape[1], k.shape[2]
+    G = HQ // HKV
+    R = G * NQ
+    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # contiguous [B, HQ, NQ, D]
+    if Nk == 0 or B == 0:
+        return o.zero_()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    BR = max(16, min(triton.next_power_of_2(R), MAX_ROWS_PER_PROGRAM))
+    n_rb = triton.cdiv(R, BR)
+    BD = max(16, triton.next_power_of_2(D))
+    NT = triton.cdiv(Nk, BN)
+    split_tiles, n_splits = _splits(NT, B * HKV * n_rb, q.device)
+    rows = B * HQ * NQ
+    dev = q.device
+    f32 = torch.float32
+    s = torch.empty(rows, NT * BN, device=dev, dtype=f32)
+    tmax = torch.empty(rows, NT, device=dev, dtype=f32)
+    tau = torch.empty(rows, device=dev, dtype=f32)
+    inv_norm = torch.empty(rows, device=dev, dtype=f32)
+    o_part = torch.empty(n_splits, rows, BD, device=dev, dtype=f32)
+    dot_ieee = _interpret() or q.dtype == torch.float32
+
+    kpm = None
+    if key_padding_mask is not None:
+        kpm = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0
+        kpm = kpm.contiguous().view(torch.uint8)
+    grid = (n_splits, B * HKV, n_rb)
+    decode_scores_fwd_kernel[grid](
+        q=q, k=k, kpm=kpm if kpm is not None else k, s=s, tmax=tmax,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+        stride_mb=kpm.stride(0) if kpm is not None else 0,
+        scale=scale, softcap=softcap if softcap > 0 else 1.0, Nk=Nk, NT=NT, SPLIT_TILES=split_tiles,
+        window=max(window, 1), HKV=HKV, G=G, NQ=NQ, D=D, BR=BR, BD=BD, BN=BN,
+        IS_CAUSAL=is_causal, HAS_WINDOW=window > 0, HAS_KPM=kpm is not None, HAS_SOFTCAP=softcap > 0,
+        DOT_IEEE=dot_ieee, num_warps=4, num_stages=3,
+    )
+    entmax_rows_tau_kernel[(rows,)](
+        s=s, tmax=tmax, alpha=alpha, tau=tau, inv_norm=inv_norm, NT=NT, NQ=NQ, HQ=HQ, TOL=NEWTON_TOL,
+        MAX_ITERS=NEWTON_MAX_ITERS, TC=16, BN=BN, BT=triton.next_power_of_2(min(max(NT, 16), 1024)),
+        num_warps=4,
+    )
+    decode_output_fwd_kernel[grid](
+        v=v, s=s, tmax=tmax, tau=tau, inv_norm=inv_norm, alpha=alpha, o_part=o_part,
+        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+        Nk=Nk, NT=NT, SPLIT_TILES=split_tiles, HQ=HQ, HKV=HKV, G=G, NQ=NQ, D=D, BR=BR, BD=BD, BN=BN,
+        DOT_IEEE=dot_ieee, num_warps=4, num_stages=3,
+    )
+    decode_reduce_kernel[(rows,)](o_part=o_part, o=o, NS=n_splits, ROWS=rows, D=D, BD=BD, num_warps=1)
+    return o
+
+
+@decode_fwd.register_fake
+def _(q, k, v, alpha, is_causal, scale, key_padding_mask, window, softcap):
+    return torch.empty_like(q)
+
+
+def adasplash_decode_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: float | torch.Tensor = 1.5,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """alpha-entmax attention for ``q [B, Hq, Nq <= 16, D]`` against ``k/v [B, Hkv, Nk, D]`` (forward only).
+
+    Same semantics as :func:`hf_adasplash.reference.attention_reference` (bottom-right causal, window, key padding,
+    softcap; fully masked rows are zero). Inputs are expected validated by ``functional.py``; only the
+    decode-specific limits are checked here.
+    """
+    B, HQ, NQ, D = q.shape
+    if NQ > MAX_DECODE_QUERIES:
+        raise ValueError(f"decode path takes at most {MAX_DECODE_QUERIES} queries per row, got Nq={NQ}")
+    if not 16 <= D <= 256:
+        raise ValueError(f"decode path supports head_dim 16..256, got {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"decode path supports float16/bfloat16/float32, got {q.dtype}")
+    if isinstance(alpha, torch.Tensor):
+        a = alpha.detach().to(device=q.device, dtype=torch.float32)
+        a = a.expand(HQ).contiguous() if a.dim() == 0 else a.contiguous()
+    else:
+        a = torch.full((HQ,), float(alpha), device=q.device, dtype=torch.float32)
+    return decode_fwd(
+        q, k, v, a, bool(is_causal), float(D**-0.5 if scale is None else scale), key_padding_mask,
+        int(window) if window is not None else 0, float(softcap) if softcap is not None else 0.0,
+    )
