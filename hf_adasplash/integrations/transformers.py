@@ -1,0 +1,203 @@
+"""``attn_implementation="adasplash"``: the Transformers AttentionInterface + AttentionMaskInterface entries.
+
+Mask form (flash-style, never an O(Q*K) mask): the registered mask function hands the attention function either
+``None`` or a 2-D bool ``[B, K]`` *key validity* mask (True = a real key in this layer's K/V). It covers padding
+(left or right), the unused slots of a static cache, and the right-sliced keys of sliding-window cache layers.
+Packed batches arrive with ``attention_mask=None`` and are read from ``cu_seq_lens_q/k`` + ``max_length_q/k`` or
+from non-monotone ``position_ids`` (batch 1), as for FlashAttention, and run through the varlen API.
+
+Positions: queries are the newest tokens. With ``Q == K`` positions are ``arange``; with ``Q < K`` (decode,
+chunked prefill, static cache) query ``i`` of row ``b`` sits at ``last_valid_key[b] - Q + 1 + i`` (bottom-right
+aligned on the valid keys; for dynamic caches this is plain bottom-right alignment).
+
+alpha, in order: ``module.adasplash_alpha()`` (an :class:`~hf_adasplash.modules.AlphaParameter` attached by
+:func:`hf_adasplash.patch`), else ``config.adasplash["alpha"]`` (a fixed float for every head), else 1.5.
+Backend: env ``HF_ADASPLASH_BACKEND``, else ``config.adasplash["backend"]``, else ``"auto"`` (Triton on CUDA,
+reference elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hf_adasplash.functional import adasplash_attention, adasplash_varlen_attention
+
+NAME = "adasplash"
+DEFAULT_ALPHA = 1.5
+BACKEND_ENV = "HF_ADASPLASH_BACKEND"
+
+# Set by hf_adasplash.sparsity.sparsity_stats while it runs: called with what the dense path computes.
+_RECORDER = None
+
+
+def _where(module) -> str:
+    cfg = getattr(module, "config", None)
+    model_type = getattr(cfg, "model_type", None) or "unknown"
+    return f"{type(module).__name__} (model_type={model_type!r})"
+
+
+def _unsupported(module, option: str, hint: str) -> NotImplementedError:
+    return NotImplementedError(f"attn_implementation='adasplash' cannot honour {option} in {_where(module)}: {hint}")
+
+
+def adasplash_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    device=None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """Mask function for ``AttentionMaskInterface``: ``None`` or a bool ``[B, kv_length]`` key validity mask.
+
+    Built without device syncs (no ``.all()``), so it is safe under ``torch.compile`` and CUDA graphs.
+    """
+    if attention_mask is None and kv_length == q_length:
+        return None  # no padding, no cache slots: causal (or full) attention over K == Q
+    if device is None:
+        device = attention_mask.device if attention_mask is not None else "cpu"
+    # Static caches return all slots: keys at offsets >= q_offset + q_length are not written yet.
+    slots = torch.arange(kv_length, device=device) + kv_offset
+    valid = (slots < q_offset + q_length)[None].expand(batch_size, kv_length)
+    if attention_mask is None:
+        return valid
+    m = attention_mask.to(device=device, dtype=torch.bool)
+    if m.shape[-1] >= kv_length:
+        return m[:, -kv_length:]  # sliding layers keep the last kv_length tokens; full layers: a no-op
+    pad = m.new_zeros(m.shape[0], kv_length - m.shape[-1])
+    return torch.cat([m, pad], dim=-1) & valid
+
+
+def _resolve_alpha(module) -> float | torch.Tensor:
+    alpha_module = getattr(module, "adasplash_alpha", None)
+    if alpha_module is not None:
+        return alpha_module()
+    settings = getattr(getattr(module, "config", None), "adasplash", None) or {}
+    if settings.get("attached"):
+        raise RuntimeError(
+            f"{_where(module)} was saved with learned per-head alpha (config.adasplash) but this module has no "
+            "`adasplash_alpha`: load the checkpoint with hf_adasplash.from_pretrained(...) (or call "
+            "hf_adasplash.patch(model)) so the learned alpha values are restored"
+        )
+    return float(settings.get("alpha", DEFAULT_ALPHA))
+
+
+def _resolve_backend(module) -> str:
+    env = os.environ.get(BACKEND_ENV)
+    if env:
+        return env
+    settings = getattr(getattr(module, "config", None), "adasplash", None) or {}
+    return settings.get("backend", "auto")
+
+
+def _packed_from_position_ids(position_ids: torch.Tensor | None, batch: int, q_len: int) -> torch.Tensor | None:
+    """cu_seqlens when ``position_ids`` ``[1, T]`` restart (packed sequences), else None (FlashAttention's rule)."""
+    if position_ids is None or batch != 1 or q_len == 1 or position_ids.shape[-1] != q_len:
+        return None
+    pos = position_ids.reshape(-1)
+    if not bool((pos != torch.arange(q_len, device=pos.device) + pos.min()).any()):  # reads values: a sync
+        return None
+    # A new sequence starts wherever the position does not increase.
+    starts = torch.nonzero(torch.cat([pos.new_ones(1, dtype=torch.bool), pos.diff() <= 0]), as_tuple=False).flatten()
+    total = torch.tensor([pos.numel()], device=pos.device)
+    return torch.cat([starts, total]).to(torch.int32)
+
+
+def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, alpha, **kw) -> torch.Tensor:
+    B = q.shape[0]
+    # [B, H, T, D] -> [B*T, H, D] (B is 1 for position_ids packing; cu_seq_lens index the flattened tokens)
+    qf, kf, vf = (t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[-1]) for t in (q, k, v))
+    out = adasplash_varlen_attention(qf, kf, vf, cu_q, cu_k, int(max_q), int(max_k), alpha, **kw)
+    return out.reshape(B, -1, q.shape[1], q.shape[-1])  # [B, T, H, D]
+
+
+def adasplash_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """AttentionInterface entry: ``query [B, Hq, Q, D]``, ``key/value [B, Hkv, K, D]`` -> (``[B, Q, Hq, D]``, None)."""
+    if dropout and dropout > 0:
+        raise _unsupported(module, f"attention dropout ({dropout})",
+                           "set the config's attention dropout to 0 or call model.eval()")
+    if kwargs.get("s_aux") is not None:
+        raise _unsupported(module, "attention sinks (s_aux)", "learned sink logits are not part of alpha-entmax")
+    cfg = getattr(module, "config", None)
+    if kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False):
+        raise _unsupported(module, "output_attentions=True",
+                           "probabilities are never materialised; use hf_adasplash.sparsity_stats(model, batch)")
+    if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.dtype != torch.bool):
+        raise _unsupported(module, f"a {attention_mask.dim()}-D {attention_mask.dtype} attention mask",
+                           "pass a 2-D padding mask [batch, seq] (custom 4-D masks are not supported)")
+
+    is_causal = kwargs.get("is_causal")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    window = kwargs.get("sliding_window")
+    softcap = kwargs.get("softcap")
+    opts = {"scale": scaling, "window": int(window) if window else None, "softcap": softcap or None,
+            "backend": _resolve_backend(module)}
+    alpha = _resolve_alpha(module)
+    B, _, Q, _ = query.shape
+    K = key.shape[2]
+
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    max_q, max_k = kwargs.get("max_length_q"), kwargs.get("max_length_k")
+    varlen = None
+    if attention_mask is None and all(x is not None for x in (cu_q, cu_k, max_q, max_k)):
+        varlen = (cu_q, cu_k, max_q, max_k)
+    elif attention_mask is None and Q == K:
+        cu = _packed_from_position_ids(kwargs.get("position_ids"), B, Q)
+        if cu is not None:
+            longest = int((cu[1:] - cu[:-1]).max())
+            varlen = (cu, cu, longest, longest)
+    if varlen is not None:
+        if _RECORDER is not None:
+            raise _unsupported(module, "packed sequences in sparsity_stats", "pass a padded batch instead")
+        return _varlen(query, key, value, *varlen, alpha, is_causal=is_causal, **opts).contiguous(), None
+
+    q_idx = k_idx = None
+    if attention_mask is not None:
+        L = attention_mask.shape[-1]
+        if L > K:
+            attention_mask = attention_mask[:, -K:]
+        elif L < K:  # keys past the mask are unused cache slots
+            attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(B, K - L)], dim=-1)
+        if is_causal and Q < K:
+            # Queries are the newest tokens: bottom-right aligned on each row's last valid key.
+            ar = torch.arange(K, device=query.device)
+            last = torch.where(attention_mask, ar, -1).amax(-1, keepdim=True)  # [B, 1]
+            q_idx = last - (Q - 1) + torch.arange(Q, device=query.device)
+            k_idx = ar.expand(B, K)
+    dense = dict(is_causal=is_causal, key_padding_mask=attention_mask, q_idx=q_idx, k_idx=k_idx, **opts)
+    if _RECORDER is not None:
+        _RECORDER(module, query, key, value, alpha, dense)
+    out = adasplash_attention(query, key, value, alpha, **dense)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Register ``"adasplash"`` with Transformers (idempotent; runs on ``import hf_adasplash``)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, adasplash_attention_forward)
+    AttentionMaskInterface.register(NAME, adasplash_mask)
+
+
+def is_registered() -> bool:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    return (AttentionInterface._global_mapping.get(NAME) is adasplash_attention_forward
+            and AttentionMaskInterface._global_mapping.get(NAME) is adasplash_mask)
