@@ -1,0 +1,86 @@
+"""Triton AdaSplash attention: the autograd Function over the custom ops, and the two entry points.
+
+Inputs are already validated by :mod:`hf_adasplash.functional`. alpha becomes an fp32 ``[Hq]`` tensor (a runtime
+kernel argument, so a learned alpha never recompiles); its gradient flows back through that conversion.
+Without grad, short queries (``Nq <= 16``) go to the decode kernel when it is available.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hf_adasplash.ops import attention_ops  # noqa: F401  (registers torch.ops.hf_adasplash.*)
+from hf_adasplash.reference import alpha_per_head
+
+try:
+    from hf_adasplash.ops.decode import adasplash_decode_triton
+except ImportError:
+    adasplash_decode_triton = None
+
+DECODE_MAX_Q = 16
+
+
+class AdaSplashAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
+                is_causal, scale, window, softcap):
+        need_ent = alpha.requires_grad
+        o, o2, tau, ent, tile_gap, tile_thr = torch.ops.hf_adasplash.attn_fwd(
+            q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
+            is_causal, scale, window, softcap, True, need_ent,
+        )
+        ctx.save_for_backward(q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, cu_seqlens_q, cu_seqlens_k,
+                              q_pos, k_pos, kpm)
+        ctx.args = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        (q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos,
+         kpm) = ctx.saved_tensors
+        need_dalpha = ctx.needs_input_grad[3]
+        dq, dk, dv, dalpha = torch.ops.hf_adasplash.attn_bwd(
+            do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos,
+            kpm, *ctx.args, need_dalpha,
+        )
+        return dq, dk, dv, (dalpha if need_dalpha else None), *([None] * 11)
+
+
+def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap):
+    a = alpha_per_head(alpha, q.shape[-3] if cu_q is None else q.shape[1], torch.float32, q.device).contiguous()
+    window = -1 if window is None else int(window)
+    softcap = 0.0 if softcap is None else float(softcap)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, a))
+    if not need_grad:
+        return torch.ops.hf_adasplash.attn_fwd(
+            q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap, False, False,
+        )[0]
+    return AdaSplashAttentionFunction.apply(q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
+                                            scale, window, softcap)
+
+
+def _positions(idx):
+    return None if idx is None else idx.to(torch.int32).contiguous()
+
+
+def adasplash_attention_triton(q, k, v, alpha, *, is_causal=False, scale=None, key_padding_mask=None, q_idx=None,
+                               k_idx=None, window=None, softcap=None):
+    """alpha-entmax attention, q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` (``functional.adasplash_attention``)."""
+    Nq, Nk, D = q.shape[2], k.shape[2], q.shape[3]
+    scale = D**-0.5 if scale is None else float(scale)
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (isinstance(alpha, torch.Tensor) and alpha.requires_grad))
+    if not grad and Nq <= DECODE_MAX_Q and q_idx is None and adasplash_decode_triton is not None:
+        return adasplash_decode_triton(q, k, v, alpha, is_causal=is_causal, scale=scale,
+                                       key_padding_mask=key_padding_mask, window=window, softcap=softcap)
+    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.uint8).contiguous()
+    return _run(q, k, v, alpha, None, None, _positions(q_idx), _positions(k_idx), kpm, Nq, Nk,
+                bool(is_causal or q_idx is not None), scale, window, softcap)
+
+
+def adasplash_varlen_attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, *,
+                                      is_causal=False, scale=None, window=None, softcap=None):
+    """Packed varlen attention, q ``[T, Hq, D]``, k/v ``[T, Hkv, D]``, one segment per ``cu_seqlens`` entry."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _run(q, k, v, alpha, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None, None, None,
+                int(max_seqlen_q), int(max_seqlen_k), bool(is_causal), scale, window, softcap)

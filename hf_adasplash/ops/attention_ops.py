@@ -1,0 +1,204 @@
+"""``torch.library`` custom ops around the attention kernels: one op per launch group, each with a fake kernel.
+
+Both ops take either the padded layout (q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]``) or the packed varlen layout
+(q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` with ``cu_seqlens``). Only the last dim needs unit stride; other strides go
+to the kernels as they are, so transposed HF layouts are never copied.
+
+Row statistics (tau, entropy term) are fp32 ``[B, Hq, Nq]`` (padded) or ``[Hq, T]`` (varlen); the tile list is a
+gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query block ``[B*Hq, NMB]``.
+"""
+
+import torch
+import triton
+
+from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel
+from hf_adasplash.ops.tiling import MAX_TAU_ITERS, tiles
+
+
+def _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
+    """(B, Hq, Hkv, NQ, NK, D) and the (batch, head, token) strides of q and k."""
+    if cu_seqlens_q is None:
+        B, Hq, NQ, D = q.shape
+        Hkv, NK = k.shape[1], k.shape[2]
+        return (B, Hq, Hkv, NQ, NK, D), _strides4
+    B = cu_seqlens_q.numel() - 1
+    return (B, q.shape[1], k.shape[1], max_seqlen_q, max_seqlen_k, q.shape[2]), _strides3
+
+
+def _strides4(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _strides3(t):
+    return 0, t.stride(1), t.stride(0)
+
+
+def _row_shape(q, cu_seqlens_q):
+    if cu_seqlens_q is None:
+        B, H, N, _ = q.shape
+        return (B, H, N)
+    return (q.shape[1], q.shape[0])
+
+
+def _row_strides(rows, varlen):
+    return (0, rows.stride(0)) if varlen else (rows.stride(0), rows.stride(1))
+
+
+def _last_dim_contiguous(*ts):
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
+
+
+def _aux(q, q_pos, k_pos, kpm):
+    """Pointers for the optional inputs (a dummy tensor when absent) and their batch strides."""
+    dummy = q.new_empty(0, dtype=torch.int32)
+    qp = dummy if q_pos is None else q_pos
+    kp = dummy if k_pos is None else k_pos
+    m = dummy if kpm is None else kpm
+    s_qp = qp.stride(0) if qp.dim() == 2 else 0
+    s_kp = kp.stride(0) if kp.dim() == 2 else 0
+    s_m = m.stride(0) if m.dim() == 2 else 0
+    return qp, kp, m, s_qp, s_kp, s_m
+
+
+def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
+    return {
+        "IS_CAUSAL": bool(is_causal or q_pos is not None), "HAS_WINDOW": window > 0, "HAS_POS": q_pos is not None,
+        "HAS_KPM": kpm is not None, "HAS_SOFTCAP": softcap > 0, "IS_VARLEN": cu_seqlens_q is not None,
+        "DOT_PREC": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+@torch.library.custom_op("hf_adasplash::attn_fwd", mutates_args=(), device_types=("cuda", "cpu"))
+def attn_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+    q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
+    max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
+    need_bwd: bool, need_ent: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (o, o2, tau, ent, tile_gap, tile_thr); o2/tau/ent/tile_thr are empty unless needed."""
+    q, k, v = _last_dim_contiguous(q, k, v)
+    (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    t = tiles(D)
+    NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
+    varlen = cu_seqlens_q is not None
+    o = torch.empty_like(q)
+    o2 = torch.empty_like(q) if need_bwd else q.new_empty(0)
+    rows = q.new_empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32)
+    tau = torch.empty_like(rows) if need_bwd else rows.new_empty(0)
+    ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
+    tile_gap = q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32)
+    tile_thr = q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32)
+    if q.numel() == 0 or NMB == 0:
+        return o, o2, tau, ent, tile_gap, tile_thr
+    qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
+    cu_q = cu_seqlens_q if varlen else qp
+    cu_k = cu_seqlens_k if varlen else qp
+    r_b, r_h = _row_strides(rows, varlen)
+    adasplash_fwd_kernel[(NMB, B * Hq)](
+        q=q, k=k, v=v, o=o, o2=o2, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
+        scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
+        stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
+        stride_kb=strides(k)[0], stride_kh=strides(k)[1], stride_kn=strides(k)[2],
+        stride_vb=strides(v)[0], stride_vh=strides(v)[1], stride_vn=strides(v)[2],
+        stride_ob=strides(o)[0], stride_oh=strides(o)[1], stride_on=strides(o)[2],
+        stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
+        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS,
+        num_warps=t.fwd_warps, num_stages=t.fwd_stages,
+        **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
+    )
+    return o, o2, tau, ent, tile_gap, tile_thr
+
+
+@attn_fwd.register_fake
+def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k,
+      is_causal, scale, window, softcap, need_bwd, need_ent):
+    (B, Hq, _, NQ, NK, D), _s = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    t = tiles(D)
+    NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
+    rows = q.new_empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32)
+    return (
+        torch.empty_like(q),
+        torch.empty_like(q) if need_bwd else q.new_empty(0),
+        torch.empty_like(rows) if need_bwd else rows.new_empty(0),
+        torch.empty_like(rows) if need_ent else rows.new_empty(0),
+        q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
+        q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("hf_adasplash::attn_bwd", mutates_args=(), device_types=("cuda", "cpu"))
+def attn_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, o2: torch.Tensor,
+    alpha: torch.Tensor, tau: torch.Tensor, ent: torch.Tensor, tile_gap: torch.Tensor, tile_thr: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+    q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
+    max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
+    need_dalpha: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dq, dk, dv, dalpha [Hq] fp32; empty unless need_dalpha)."""
+    q, k, v = _last_dim_contiguous(q, k, v)
+    do = _like(do, o)
+    (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    t = tiles(D)
+    NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
+    varlen = cu_seqlens_q is not None
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dalpha = alpha.new_zeros(alpha.shape) if need_dalpha else alpha.new_empty(0)
+    if q.numel() == 0 or NMB == 0:
+        dk.zero_()
+        dv.zero_()
+        return dq, dk, dv, dalpha
+    delta = torch.empty_like(tau)
+    dalpha_row = torch.empty_like(tau) if need_dalpha else tau.new_empty(0)
+    qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
+    cu_q = cu_seqlens_q if varlen else qp
+    cu_k = cu_seqlens_k if varlen else qp
+    r_b, r_h = _row_strides(tau, varlen)
+    flags = _flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q)
+    common = dict(
+        q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta, tile_gap=tile_gap, tile_thr=tile_thr,
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
+        scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
+        stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
+        stride_kb=strides(k)[0], stride_kh=strides(k)[1], stride_kn=strides(k)[2],
+        stride_vb=strides(v)[0], stride_vh=strides(v)[1], stride_vn=strides(v)[2],
+        stride_ob=strides(o)[0], stride_oh=strides(o)[1], stride_on=strides(o)[2],
+        stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN, num_warps=t.bwd_warps, num_stages=t.bwd_stages,
+        **flags,
+    )
+    # dq first: it also writes delta, which the dk/dv kernel reads.
+    adasplash_bwd_kernel_dq[(NMB, B * Hq)](
+        o=o, o2=o2, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, NEED_DALPHA=need_dalpha, **common,
+    )
+    if need_dalpha:
+        # per-row buffer then one reduction per head: deterministic, no atomics
+        dalpha = dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)
+    if NKB == 0:
+        return dq, dk, dv, dalpha
+    adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
+        do=do, dk=dk, dv=dv,
+        stride_dkb=strides(dk)[0], stride_dkh=strides(dk)[1], stride_dkn=strides(dk)[2],
+        stride_dvb=strides(dv)[0], stride_dvh=strides(dv)[1], stride_dvn=strides(dv)[2],
+        **common,
+    )
+    return dq, dk, dv, dalpha
+
+
+def _like(t, ref):
+    """t with ref's strides (the kernels index dO with O's strides)."""
+    if t.stride() == ref.stride():
+        return t
+    out = torch.empty_strided(ref.shape, ref.stride(), dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
+@attn_bwd.register_fake
+def _(do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos,
+      key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            alpha.new_empty(alpha.shape) if need_dalpha else alpha.new_empty(0))

@@ -1,0 +1,35 @@
+"""Tile shapes and launch settings for the attention kernels (one place, shared by launchers and fake kernels)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_TAU_ITERS = 30
+
+
+@dataclass(frozen=True)
+class Tiles:
+    BM: int  # query rows per block
+    BN: int  # keys per tile
+    BD: int  # head dim padded to a power of two
+    fwd_warps: int
+    fwd_stages: int
+    bwd_warps: int
+    bwd_stages: int
+
+
+def tiles(head_dim: int) -> Tiles:
+    """The forward and backward share BM x BN: the backward walks the forward's tile list."""
+    BD = max(16, triton.next_power_of_2(head_dim))
+    if INTERPRET:
+        # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
+        return Tiles(32, 16, BD, 1, 1, 1, 1)
+    if BD <= 64:
+        return Tiles(128, 64, BD, 4, 3, 4, 2)
+    if BD <= 128:
+        return Tiles(128, 64, BD, 8, 2, 8, 2)
+    return Tiles(64, 32, BD, 4, 2, 4, 1)

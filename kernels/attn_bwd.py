@@ -1,0 +1,232 @@
+"""AdaSplash backward over the tiles the forward listed (tile gap above the block's threshold).
+
+With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1) - 1)`` (softmax heads: ``u = p``),
+``dP = dO V^T``, ``delta = dO . O2 = sum u dP / sum u`` and ``dS = u (dP - delta)`` with respect to the scores.
+
+- ``adasplash_bwd_kernel_dq``: one program per query block. Computes delta (stored for the dk/dv kernel), dq, and
+  the per-row d(alpha) ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``.
+- ``adasplash_bwd_kernel_dkv``: one program per key block and KV head; loops over the query heads of its GQA group
+  and their listed query blocks, so dk/dv accumulate in registers without atomics. Runs after the dq kernel.
+"""
+
+import triton
+import triton.language as tl
+from hf_adasplash.kernels.attn_fwd import score_tile
+from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, q_range, softcap_grad, tile_needs_mask, visible
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+def adasplash_bwd_kernel_dq(
+    q, k, v, o, o2, do, dq, alpha, tau, ent, delta, dalpha_row, tile_gap, tile_thr,
+    cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
+    scale, softcap, NQ, NK, W, NMB, NKB,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // G
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
+        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
+        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
+    else:
+        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    m0 = i_m * BM
+    if m0 >= Nq:
+        return
+    m1 = tl.minimum(m0 + BM, Nq) - 1
+    off = Nk - Nq
+    i_b64 = i_b.to(tl.int64)
+
+    o_m = m0 + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_row = o_m < Nq
+    m_d = o_d < D
+    m_qd = m_row[:, None] & m_d[None, :]
+    o_tok = (bos_q + o_m).to(tl.int64)
+    p_qrow = i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :]
+    p_orow = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
+    # [BM, BD]
+    b_q = tl.load(q + p_qrow, mask=m_qd, other=0.0)
+    b_do = tl.load(do + p_orow, mask=m_qd, other=0.0)
+    b_o2 = tl.load(o2 + p_orow, mask=m_qd, other=0.0)
+    # [BM]
+    b_delta = tl.sum(b_do.to(tl.float32) * b_o2.to(tl.float32), 1)
+    p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
+    tl.store(delta + p_row, b_delta, mask=m_row)
+    b_tau = tl.load(tau + p_row, mask=m_row, other=float("inf"))
+    thr = tl.load(tile_thr + i_bh.to(tl.int64) * NMB + i_m)
+
+    k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
+    v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
+    k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
+    kpm_base = kpm + i_b64 * stride_mb
+    b_qp = o_m
+    if HAS_POS:
+        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+
+    a = tl.load(alpha + i_h).to(tl.float32)
+    is_soft = a == 1.0
+    a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+    zs = tl.where(is_soft, LOG2E, a_m1)
+    pm1 = 1.0 / a_m1 - 1.0
+
+    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+
+    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
+    b_dpl = tl.zeros([BM], dtype=tl.float32)  # sum dP p log2(x)
+    for n0 in range(lo, hi, BN):
+        g = tl.load(p_gap + n0 // BN)
+        if g > thr:
+            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                                    k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                                    HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+            o_n = n0 + tl.arange(0, BN)
+            # [BD, BN]
+            b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
+                           mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
+            # [BM, BN]
+            b_x = b_z - b_tau[:, None]
+            if is_soft:
+                b_p = tl.exp2(b_x)
+                b_u = b_p
+                b_lx = b_x
+            else:
+                b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
+                b_lx = tl.log2(b_x)
+                b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_lx), 0.0)
+                b_p = b_u * b_x
+            b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
+            b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
+            b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
+            if NEED_DALPHA:
+                b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * b_lx, 0.0), 1)
+    tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
+    if NEED_DALPHA:
+        b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
+        b_doo = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+        b_ent = tl.load(ent + p_row, mask=m_row, other=0.0)
+        b_spl = b_dpl * (LN2 / a_m1)  # sum dP p log p
+        b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
+        b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
+        tl.store(dalpha_row + p_row, b_da, mask=m_row)
+
+
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+def adasplash_bwd_kernel_dkv(
+    q, k, v, do, dk, dv, alpha, tau, delta, tile_gap, tile_thr,
+    cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
+    scale, softcap, NQ, NK, W, NMB, NKB,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    i_n, i_bhk = tl.program_id(0), tl.program_id(1)
+    HK: tl.constexpr = H // G
+    i_b, i_hk = i_bhk // HK, i_bhk % HK
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
+        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
+        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
+    else:
+        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    n0 = i_n * BN
+    if n0 >= Nk:
+        return
+    n1 = n0 + BN - 1
+    off = Nk - Nq
+    i_b64 = i_b.to(tl.int64)
+
+    o_n = n0 + tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_n = o_n < Nk
+    m_d = o_d < D
+    m_kd = m_n[:, None] & m_d[None, :]
+    o_ktok = (bos_k + o_n).to(tl.int64)
+    # [BN, BD]
+    b_k = tl.load(k + i_b64 * stride_kb + i_hk * stride_kh + o_ktok[:, None] * stride_kn + o_d[None, :], mask=m_kd,
+                  other=0.0)
+    b_v = tl.load(v + i_b64 * stride_vb + i_hk * stride_vh + o_ktok[:, None] * stride_vn + o_d[None, :], mask=m_kd,
+                  other=0.0)
+    b_kp = o_n
+    b_kpm = m_n
+    if HAS_POS:
+        b_kp = tl.load(k_pos + i_b64 * stride_pkb + bos_k + o_n, mask=m_n, other=0)
+    if HAS_KPM:
+        b_kpm = tl.load(kpm + i_b64 * stride_mb + o_n, mask=m_n, other=0) != 0
+
+    b_dk = tl.zeros([BN, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    mlo, mhi = q_range(n0, tl.minimum(n1, Nk - 1), Nq, off, W, BM, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    for i_g in range(G):
+        i_h = i_hk * G + i_g
+        i_bh = i_b * H + i_h
+        a = tl.load(alpha + i_h).to(tl.float32)
+        is_soft = a == 1.0
+        a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+        zs = tl.where(is_soft, LOG2E, a_m1)
+        pm1 = 1.0 / a_m1 - 1.0
+        q_base = q + i_b64 * stride_qb + i_h * stride_qh
+        do_base = do + i_b64 * stride_ob + i_h * stride_oh
+        r_base = i_b64 * stride_rb + i_h * stride_rh + bos_q
+        p_gap = tile_gap + i_bh.to(tl.int64) * NMB * NKB + i_n
+        p_thr = tile_thr + i_bh.to(tl.int64) * NMB
+        for m0 in range(mlo, mhi, BM):
+            i_m = m0 // BM
+            m1 = tl.minimum(m0 + BM, Nq) - 1
+            # only tiles the forward visited have a gap; the others hold no visible entry
+            lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+            listed = (n0 >= lo) & (n0 < hi)
+            if listed:
+                listed = tl.load(p_gap + i_m * NKB) > tl.load(p_thr + i_m)
+            if listed:
+                o_m = m0 + tl.arange(0, BM)
+                m_row = o_m < Nq
+                o_tok = (bos_q + o_m).to(tl.int64)
+                m_dq = m_d[:, None] & m_row[None, :]
+                # [BD, BM]
+                b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
+                b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
+                # [BM]
+                b_tau = tl.load(tau + r_base + o_m, mask=m_row, other=float("inf"))
+                b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
+                # [BN, BM]
+                b_z = dot_to_z(tl.dot(b_k, b_qt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
+                if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
+                    b_qp = o_m
+                    if HAS_POS:
+                        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+                    vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
+                                  b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
+                    b_z = tl.where(vis, b_z, float("-inf"))
+                b_x = b_z - b_tau[None, :]
+                if is_soft:
+                    b_p = tl.exp2(b_x)
+                    b_u = b_p
+                else:
+                    b_x = tl.maximum(b_x, 0.0)
+                    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+                    b_p = b_u * b_x
+                b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
+                b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+                b_ds = softcap_grad(b_z, b_u * (b_dpt - b_delta[None, :]), softcap, zs, HAS_SOFTCAP)
+                b_dk += tl.dot(b_ds.to(b_qt.dtype), tl.trans(b_qt), input_precision=DOT_PREC)
+    tl.store(dk + i_b64 * stride_dkb + i_hk * stride_dkh + o_ktok[:, None] * stride_dkn + o_d[None, :],
+             (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
+    tl.store(dv + i_b64 * stride_dvb + i_hk * stride_dvh + o_ktok[:, None] * stride_dvn + o_d[None, :],
+             b_dv.to(dv.dtype.element_ty), mask=m_kd)

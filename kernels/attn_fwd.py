@@ -1,0 +1,207 @@
+"""AdaSplash forward: one program per (query block, batch x head), three phases over the key tiles.
+
+A. One dense pass over the visible key tiles: row max ``m`` (z units) and, per tile, the gap
+   ``g = max_rows(tile row max - running row max)``. The running max only grows, so ``g`` bounds the final
+   gap from above; a tile with ``g <= min_rows(tau - m)`` holds no entry above tau in any row and is all-zero.
+   Softmax heads also accumulate the online normaliser here and are done after this pass.
+B. tau (entmax heads): Newton on the convex decreasing ``h(tau) = (sum_j [z_j - tau]_+^(1/(alpha-1)))^(alpha-1) - 1``
+   (an L_p norm of convex functions), started at the certified lower bound ``m - 1``. Steps from the left never
+   overshoot, every iterate is a certified lower bound (so tile skipping stays exact), and the step is exact when
+   the support is a set of equal scores: ``step = (S0 - S0^(2-alpha)) / S1`` with ``S0 = sum x^p``,
+   ``S1 = sum x^(p-1)``. Each iteration visits only the tiles that can still hold support.
+C. Output over the remaining tiles: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with
+   ``U = p^(2-alpha)`` (so the backward's ``delta = dO . O2``), the row entropy term ``sum p log p`` when alpha
+   needs a gradient, tau and the per-block skip threshold.
+"""
+
+import triton
+import triton.language as tl
+from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, tile_needs_mask, visible
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+TAU_TOL = 9.5367431640625e-07  # 2^-20, relative to max(1, |tau|): the step after it is below fp32 resolution
+SOFT_SKIP = 150.0  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
+
+
+@triton.jit
+def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base,
+                scale, softcap, zs, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    o_n = n0 + tl.arange(0, BN)
+    m_n = o_n < Nk
+    # [BD, BN]
+    b_kt = tl.load(k_base + o_n[None, :].to(tl.int64) * stride_kn + o_d[:, None], mask=m_d[:, None] & m_n[None, :],
+                   other=0.0)
+    # [BM, BN]
+    b_z = dot_to_z(tl.dot(b_q, b_kt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
+    if tile_needs_mask(m0, m1, n0, n0 + BN - 1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
+        b_kp = o_n
+        b_kpm = m_n
+        if HAS_POS:
+            b_kp = tl.load(k_pos_base + o_n, mask=m_n, other=0)
+        if HAS_KPM:
+            b_kpm = tl.load(kpm_base + o_n, mask=m_n, other=0) != 0
+        vis = visible(o_m[:, None], o_n[None, :], Nk, off, W, b_qp[:, None], b_kp[None, :], b_kpm[None, :],
+                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
+        b_z = tl.where(vis, b_z, float("-inf"))
+    return b_z, b_kt
+
+
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+def adasplash_fwd_kernel(
+    q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr,
+    cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
+    scale, softcap, NQ, NK, W, NMB, NKB,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
+    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // G
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
+        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
+        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
+    else:
+        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    m0 = i_m * BM
+    if m0 >= Nq:
+        return
+    m1 = tl.minimum(m0 + BM, Nq) - 1
+    off = Nk - Nq
+    i_b64 = i_b.to(tl.int64)
+
+    o_m = m0 + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_row = o_m < Nq
+    m_d = o_d < D
+    m_qd = m_row[:, None] & m_d[None, :]
+    o_tok = (bos_q + o_m).to(tl.int64)
+    # [BM, BD]
+    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :], mask=m_qd,
+                  other=0.0)
+    k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
+    v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
+    k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
+    kpm_base = kpm + i_b64 * stride_mb
+    b_qp = o_m
+    if HAS_POS:
+        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+
+    a = tl.load(alpha + i_h).to(tl.float32)
+    is_soft = a == 1.0
+    a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+    zs = tl.where(is_soft, LOG2E, a_m1)
+    pm1 = 1.0 / a_m1 - 1.0  # exponent of u = x^(p-1) = p^(2-alpha)
+
+    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+
+    # ---- A: row max, tile gaps (and the softmax normaliser) -------------------------------------------------
+    b_m = tl.full([BM], float("-inf"), tl.float32)
+    b_l = tl.zeros([BM], dtype=tl.float32)
+    for n0 in range(lo, hi, BN):
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                                kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                HAS_SOFTCAP, DOT_PREC)
+        # [BM]
+        b_t = tl.max(b_z, 1)
+        b_mn = tl.maximum(b_m, b_t)
+        g = tl.max(tl.where(m_row & (b_t > float("-inf")), b_t - b_mn, float("-inf")), 0)
+        tl.store(p_gap + n0 // BN, g)
+        if is_soft:
+            b_ms = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+            b_l = b_l * tl.exp2(b_m - b_ms) + tl.sum(tl.exp2(b_z - b_ms[:, None]), 1)
+        b_m = b_mn
+
+    # ---- B: tau ---------------------------------------------------------------------------------------------
+    row_ok = m_row & (b_m > float("-inf"))
+    if is_soft:
+        b_tau = tl.where(row_ok, b_m + tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
+        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0) - SOFT_SKIP
+    else:
+        b_tau = tl.where(row_ok, b_m - 1.0, float("inf"))
+        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+        it = 0
+        go = tl.max(row_ok.to(tl.int32), 0) > 0
+        while go:
+            b_s0 = tl.zeros([BM], dtype=tl.float32)
+            b_s1 = tl.zeros([BM], dtype=tl.float32)
+            for n0 in range(lo, hi, BN):
+                g = tl.load(p_gap + n0 // BN)
+                if g > thr:
+                    b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                                            k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
+                                            HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+                    # [BM, BN]
+                    b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
+                    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+                    b_s0 += tl.sum(b_u * b_x, 1)
+                    b_s1 += tl.sum(b_u, 1)
+            ok = row_ok & (b_s1 > 0)
+            b_s0 = tl.where(ok, b_s0, 1.0)
+            b_s1 = tl.where(ok, b_s1, 1.0)
+            b_step = (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1
+            b_step = tl.where(ok, tl.maximum(b_step, 0.0), 0.0)
+            b_tau += b_step
+            thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+            it += 1
+            go = (it < MAX_ITERS) & (tl.max(b_step / tl.maximum(tl.abs(b_tau), 1.0), 0) > TAU_TOL)
+
+    # ---- C: output over the tiles that hold support ---------------------------------------------------------
+    b_o = tl.zeros([BM, BD], dtype=tl.float32)
+    b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
+    b_su = tl.zeros([BM], dtype=tl.float32)
+    b_ent = tl.zeros([BM], dtype=tl.float32)
+    for n0 in range(lo, hi, BN):
+        g = tl.load(p_gap + n0 // BN)
+        if g > thr:
+            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                                    k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                                    HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+            o_n = n0 + tl.arange(0, BN)
+            # [BN, BD]
+            b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
+                          mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
+            # [BM, BN]
+            b_x = b_z - b_tau[:, None]
+            if is_soft:
+                b_p = tl.exp2(b_x)
+                b_u = b_p
+            else:
+                b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
+                b_lx = tl.log2(b_x)
+                b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_lx), 0.0)
+                b_p = b_u * b_x
+                if NEED_ENT:
+                    b_ent += tl.sum(tl.where(b_x > 0, b_p * b_lx, 0.0), 1)
+            b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+            if NEED_BWD:
+                # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
+                if is_soft:
+                    b_su += 0.0
+                else:
+                    b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+                    b_su += tl.sum(b_u, 1)
+
+    o_ptrs = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
+    tl.store(o + o_ptrs, b_o.to(o.dtype.element_ty), mask=m_qd)
+    if NEED_BWD:
+        if is_soft:
+            b_o2 = b_o
+        else:
+            b_o2 = b_o2 / tl.where(b_su > 0, b_su, 1.0)[:, None]
+        tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
+        p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
+        tl.store(tau + p_row, b_tau, mask=m_row)
+        tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)
+        if NEED_ENT:
+            # sum p log p, log p = ln(x) / (alpha - 1)
+            tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)

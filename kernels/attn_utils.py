@@ -1,0 +1,105 @@
+"""Shared tile geometry and masking for the AdaSplash attention kernels.
+
+Positions follow ``hf_adasplash.masks``: by default query row i sits at ``i + off`` (``off = Nk - Nq``, bottom-right
+aligned) and key j at ``j``; with explicit positions (``HAS_POS``) every tile is masked and no range is narrowed.
+All scores inside the kernels live in "z units": ``z = s * zs`` with ``zs = alpha - 1`` (entmax heads, so that
+``p = [z - tau]_+ ** (1 / (alpha - 1))``) or ``zs = log2(e)`` (softmax heads, so that ``p = exp2(z - tau)``).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def kv_range(m0, m1, Nk, off, W, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             HAS_POS: tl.constexpr):
+    """[lo, hi) of keys that rows m0..m1 (inclusive) may see; lo is aligned down to a BN tile."""
+    lo = m0 * 0
+    hi = Nk + m0 * 0
+    if not HAS_POS:
+        if IS_CAUSAL:
+            hi = tl.minimum(Nk, m1 + off + 1)
+            if HAS_WINDOW:
+                lo = tl.maximum(lo, m0 + off - W + 1)
+        elif HAS_WINDOW:
+            lo = tl.maximum(lo, m0 + off - W + 1)
+            hi = tl.minimum(Nk, m1 + off + W)
+    lo = (lo // BN) * BN
+    return lo, hi
+
+
+@triton.jit
+def q_range(n0, n1, Nq, off, W, BM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+            HAS_POS: tl.constexpr):
+    """[lo, hi) of query rows that may see keys n0..n1 (inclusive); lo is aligned down to a BM tile."""
+    lo = n0 * 0
+    hi = Nq + n0 * 0
+    if not HAS_POS:
+        if IS_CAUSAL:
+            lo = tl.maximum(lo, n0 - off)
+            if HAS_WINDOW:
+                hi = tl.minimum(Nq, n1 - off + W)
+        elif HAS_WINDOW:
+            lo = tl.maximum(lo, n0 - off - W + 1)
+            hi = tl.minimum(Nq, n1 - off + W)
+    lo = (lo // BM) * BM
+    return lo, hi
+
+
+@triton.jit
+def tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                    HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr):
+    """Whether the tile rows m0..m1 x keys n0..n1 (n1 = last key of the full tile) holds any hidden entry."""
+    need = n1 >= Nk
+    if HAS_POS or HAS_KPM:
+        need = need | True
+    else:
+        if IS_CAUSAL:
+            need = need | (n1 > m0 + off)
+            if HAS_WINDOW:
+                need = need | (n0 < m1 + off - W + 1)
+        elif HAS_WINDOW:
+            need = need | (n0 < m1 + off - W + 1) | (n1 > m0 + off + W - 1)
+    return need
+
+
+@triton.jit
+def visible(i_q, i_k, Nk, off, W, b_qp, b_kp, b_kpm, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+            HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr):
+    """Boolean visibility of keys ``i_k`` to rows ``i_q`` (broadcast shapes; b_qp/b_kp/b_kpm broadcast likewise)."""
+    vis = i_k < Nk
+    if HAS_POS:
+        diff = b_qp - b_kp
+    else:
+        diff = i_q + off - i_k
+    if IS_CAUSAL:
+        vis = vis & (diff >= 0)
+        if HAS_WINDOW:
+            vis = vis & (diff < W)
+    elif HAS_WINDOW:
+        vis = vis & (diff < W) & (diff > -W)
+    if HAS_KPM:
+        vis = vis & b_kpm
+    return vis
+
+
+@triton.jit
+def dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP: tl.constexpr):
+    """Raw q.k dot products -> z units, with the optional tanh soft-cap (tanh via exp2 for portability)."""
+    if HAS_SOFTCAP:
+        b_t = b_s * (scale / softcap)
+        # tanh(t) = 1 - 2 / (exp(2t) + 1): exact limits at +-inf, no libdevice call
+        b_th = 1.0 - 2.0 / (tl.exp2(b_t * 2.8853900817779268) + 1.0)
+        b_z = b_th * (softcap * zs)
+    else:
+        b_z = b_s * (scale * zs)
+    return b_z
+
+
+@triton.jit
+def softcap_grad(b_z, b_ds, softcap, zs, HAS_SOFTCAP: tl.constexpr):
+    """Chain rule through the soft-cap: d s_capped / d s_raw = 1 - tanh^2 (zero where the entry is hidden)."""
+    if HAS_SOFTCAP:
+        b_th = b_z / (softcap * zs)
+        b_ds = tl.where(b_z > float("-inf"), b_ds * (1.0 - b_th * b_th), 0.0)
+    return b_ds
