@@ -95,7 +95,7 @@ def decode_fwd(
     )
     entmax_rows_tau_kernel[(rows,)](
         s=s, tmax=tmax, alpha=alpha, tau=tau, inv_norm=inv_norm, NT=NT, NQ=NQ, HQ=HQ, TOL=NEWTON_TOL,
-        MAX_ITERS=NEWTON_MAX_ITERS, TC=16, BN=BN, BT=triton.next_power_of_2(min(max(NT, 16), 1024)),
+        MAX_ITERS=NEWTON_MAX_ITERS, TC=16, BN=BN, BT=256,
         num_warps=4,
     )
     decode_output_fwd_kernel[grid](
