@@ -19,7 +19,7 @@ import os
 import torch
 from torch import nn
 
-from hf_adasplash.integrations.transformers import NAME, register
+from hf_adasplash.integrations.transformers import NAME, ensure_registered
 from hf_adasplash.modules import DEFAULT_MAX_ALPHA, DEFAULT_MIN_ALPHA, AlphaParameter
 
 ALPHA_ATTR = "adasplash_alpha"
@@ -93,7 +93,7 @@ def patch(
 
     Returns the same model. Raises if it is already patched (call :func:`unpatch` first).
     """
-    register()
+    ensure_registered()
     model_type = getattr(model.config, "model_type", None)
     if model_type in UNSUPPORTED_MODEL_TYPES:
         raise NotImplementedError(f"hf_adasplash.patch: {type(model).__name__} (model_type={model_type!r}) uses "
@@ -197,7 +197,7 @@ def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None,
     missing from it (e.g. a plain pretrained model) start at ``alpha``. ``kwargs`` go to
     ``model_cls.from_pretrained`` (default ``AutoModelForCausalLM``).
     """
-    register()
+    ensure_registered()
     if model_cls is None:
         from transformers import AutoModelForCausalLM as model_cls
     impl = kwargs.pop("attn_implementation", NAME)

@@ -195,6 +195,15 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, adasplash_mask)
 
 
+def ensure_registered() -> None:
+    """Register unless some function already holds the name in both interfaces (keeps user overrides)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if NAME not in AttentionInterface._global_mapping or NAME not in AttentionMaskInterface._global_mapping:
+        register()
+
+
 def is_registered() -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface

@@ -72,7 +72,7 @@ class Family:
         return "eager" if self.softcap else "sdpa"
 
 
-_IDS = dict(pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+_IDS = {"pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2}
 _D = dict(_IDS, vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
           max_position_embeddings=64)
 _GQA = dict(_D, num_key_value_heads=2)
@@ -100,7 +100,8 @@ FAMILIES = {f.name: f for f in [
     Family("bert", "BertConfig", _ENC, decoder=False, notes=["encoder (bidirectional)"]),
     Family("roberta", "RobertaConfig", dict(_ENC, max_position_embeddings=72), decoder=False, position_ids=False,
            notes=["encoder (bidirectional)"]),
-    Family("modernbert", "ModernBertConfig", dict(_D, global_attn_every_n_layers=2, local_attention=4, cls_token_id=1, sep_token_id=2,
+    Family("modernbert", "ModernBertConfig", dict(_D, global_attn_every_n_layers=2, local_attention=4,
+                                                  cls_token_id=1, sep_token_id=2,
                                                   attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0),
            decoder=False, notes=["encoder", "bidirectional local window (|d| <= 2) on layer 1"]),
 ]}
@@ -114,9 +115,9 @@ def build(fam: Family, impl: str, seed: int = 0):
     return auto.from_config(copy.deepcopy(fam.config()), attn_implementation=impl).eval()
 
 
-def adasplash_model(fam: Family, alpha: float = 1.5, seed: int = 0, spread: bool = True):
+def adasplash_model(fam: Family, alpha: float = 1.5, seed: int = 0, spread: bool = True, **patch_kw):
     """The family's model patched with per-head alpha (distinct values per head and layer when ``spread``)."""
-    model = hf_adasplash.patch(build(fam, "sdpa" if not fam.softcap else "eager", seed), alpha=alpha)
+    model = hf_adasplash.patch(build(fam, fam.dense_impl, seed), alpha=alpha, **patch_kw)
     if spread and alpha != 1.0:
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
@@ -164,9 +165,9 @@ def check_alpha_one(fam: Family, T: int = 12) -> float:
     return _max_diff(_logits(model, ids), want)
 
 
-def check_padding(fam: Family, side: str, T: int = 10, pad: int = 3) -> float:
+def check_padding(fam: Family, side: str, T: int = 10, pad: int = 3, model=None) -> float:
     """A padded batch (row 0 shorter by ``pad``) vs each sequence alone, on the real tokens."""
-    model = adasplash_model(fam)
+    model = adasplash_model(fam) if model is None else model
     ids = tokens(2, T)
     alone = [_logits(model, ids[0:1, : T - pad]), _logits(model, ids[1:2])]
     batch = torch.full((2, T), PAD)
@@ -189,7 +190,7 @@ def check_packed(fam: Family, how: str, lens=(5, 7)) -> float:
     kw = {}
     if how == "cu_seq_lens":
         cu = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int32)
-        kw = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
+        kw = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lens), "max_length_k": max(lens)}
     got = _logits(model, ids, None, pos, use_cache=False, **kw)[0]
     return max(_max_diff(got[: lens[0]], alone[0]), _max_diff(got[lens[0]:], alone[1]))
 
@@ -201,7 +202,7 @@ def check_generate(fam: Family, cache: str, new: int = 6) -> bool:
     ids = tokens(2, 8)
     mask = torch.ones_like(ids)
     ids[0, :3], mask[0, :3] = PAD, 0  # left padding
-    kw = dict(attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+    kw = {"attention_mask": mask, "max_new_tokens": new, "do_sample": False, "pad_token_id": PAD, "eos_token_id": None}
     if cache == "static":
         kw["cache_implementation"] = "static"
     with torch.no_grad():
