@@ -15,7 +15,7 @@ key tiles of ``BN`` keys, so each K/V byte is read by one program only.
 import triton
 import triton.language as tl
 
-SOFTMAX_CUTOFF: tl.constexpr = -88.0
+SOFTMAX_CUTOFF = tl.constexpr(-88.0)
 
 
 @triton.jit(do_not_specialize=["Nk", "NT", "SPLIT_TILES", "window"])

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 # exp(x) < 1e-38 below this: a softmax tile whose max is this far under the row max contributes nothing in fp32.
-SOFTMAX_CUTOFF: tl.constexpr = -88.0
+SOFTMAX_CUTOFF = tl.constexpr(-88.0)
 
 
 @triton.jit

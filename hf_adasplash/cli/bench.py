@@ -139,12 +139,21 @@ def attention_fn(backend, q, k, v, causal, alpha):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         sel = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}.get(backend)
+        Nq, Nk = q.shape[2], k.shape[2]
+        kw = {"is_causal": causal, "enable_gqa": gqa}
+        if causal and Nq != Nk:
+            # SDPA's is_causal is top-left aligned; a KV-cache step is bottom-right (one query sees every key)
+            from hf_adasplash.masks import visibility_mask
+
+            kw = {"enable_gqa": gqa}
+            if Nq > 1:
+                kw["attn_mask"] = visibility_mask(1, Nq, Nk, q.device, is_causal=True)[:, None]
 
         def fn():
             if sel is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+                return F.scaled_dot_product_attention(q, k, v, **kw)
             with sdpa_kernel([sel]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+                return F.scaled_dot_product_attention(q, k, v, **kw)
 
         return fn
     if backend == "official":
