@@ -85,11 +85,11 @@ def attn_fwd(
     varlen = cu_seqlens_q is not None
     o = torch.empty_like(q)
     o2 = torch.empty_like(q) if need_bwd else q.new_empty(0)
-    rows = q.new_empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32)
+    rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
     tau = torch.empty_like(rows) if need_bwd else rows.new_empty(0)
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
-    tile_gap = q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32)
-    tile_thr = q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32)
+    tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
+    tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or NMB == 0:
         return o, o2, tau, ent, tile_gap, tile_thr
     qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)

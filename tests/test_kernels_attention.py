@@ -1,0 +1,218 @@
+"""The Triton attention kernels (forward, dq/dk/dv and d(alpha)) against the float64 reference.
+
+On CPU the kernels run under the Triton interpreter with small tiles (BM=32, BN=16), so tiny shapes still span
+several query blocks and key tiles: boundary tiles, skipped tiles, GQA loops and varlen segments are all exercised.
+Every case draws fresh inputs; outputs come from NaN-poisoned buffers (conftest), so an element a kernel forgets to
+write fails the comparison.
+"""
+
+import math
+
+import pytest
+import torch
+
+from hf_adasplash.ops import attention_ops  # noqa: F401
+from hf_adasplash.ops.attention import adasplash_attention_triton, adasplash_varlen_attention_triton
+from hf_adasplash.reference import attention_reference, varlen_attention_reference
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-2}
+
+
+def _grad_inputs(B, H, Hkv, Nq, Nk, D, dtype, qscale=1.0):
+    q = (torch.randn(B, H, Nq, D) * qscale).to(dtype).requires_grad_()
+    k = torch.randn(B, Hkv, Nk, D).to(dtype).requires_grad_()
+    v = torch.randn(B, Hkv, Nk, D).to(dtype).requires_grad_()
+    return q, k, v
+
+
+def _alpha(alpha, H, learn=True):
+    if isinstance(alpha, (list, tuple)):
+        a = torch.tensor(alpha, dtype=torch.float32)
+    else:
+        a = torch.tensor(float(alpha))
+    return a.requires_grad_(learn)
+
+
+def _compare(tri_fn, ref_fn, tensors, alpha, dtype, grad=True):
+    """Runs both functions on the same inputs and upstream gradient; returns nothing, asserts everything."""
+    out = tri_fn(*tensors, alpha)
+    assert not torch.isnan(out).any()
+    ins64 = [t.detach().double().requires_grad_() for t in tensors]
+    a64 = alpha.detach().double().requires_grad_(alpha.requires_grad)
+    ref = ref_fn(*ins64, a64)
+    tol = TOL[dtype]
+    scale = max(1.0, ref.abs().max().item())
+    err = (out.double() - ref).abs().max().item()
+    if dtype != torch.float32:
+        # FlashAttention's rule: within twice the error of the same-dtype PyTorch computation (+ a small floor).
+        pt = ref_fn(*[t.detach() for t in tensors], alpha.detach()).double()
+        tol = min(tol, 2 * (pt - ref).abs().max().item() + 2e-3)
+    assert err <= tol * scale, f"forward error {err:.3e} > {tol * scale:.3e}"
+    if not grad:
+        return out, None
+    do = torch.randn_like(out)
+    wrt = list(tensors) + ([alpha] if alpha.requires_grad else [])
+    grads = torch.autograd.grad(out, wrt, do)
+    wrt64 = ins64 + ([a64] if alpha.requires_grad else [])
+    grads64 = torch.autograd.grad(ref, wrt64, do.double())
+    names = ["dq", "dk", "dv", "dalpha"]
+    for name, g, g64 in zip(names, grads, grads64):
+        assert not torch.isnan(g).any(), f"{name} has NaN"
+        gs = max(1.0, g64.abs().max().item())
+        gerr = (g.double() - g64).abs().max().item()
+        gtol = 5 * TOL[dtype] if dtype == torch.float32 else 5e-2
+        if name == "dalpha":
+            # a sum over every query row (and batch): fp32 row errors add up like a random walk
+            gtol *= math.sqrt(out.numel() / out.shape[-1] / g.numel())
+        assert gerr <= gtol * gs, f"{name} error {gerr:.3e} > {gtol * gs:.3e}"
+    return out, grads
+
+
+def _dense(**kw):
+    return (lambda q, k, v, a: adasplash_attention_triton(q, k, v, a, **kw),
+            lambda q, k, v, a: attention_reference(q, k, v, a, **kw))
+
+
+def _full_kw(**kw):
+    base = {"is_causal": False, "scale": None, "key_padding_mask": None, "q_idx": None, "k_idx": None,
+            "window": None, "softcap": None}
+    base.update(kw)
+    return base
+
+
+CASES = [
+    # id, (B, H, Hkv, Nq, Nk, D), alpha, causal
+    pytest.param((1, 2, 1, 63, 63, 32), 1.5, True, id="a1.5-causal-N63-gqa"),
+    pytest.param((1, 2, 2, 63, 63, 32), 1.5, False, id="a1.5-noncausal-N63"),
+    pytest.param((1, 2, 1, 50, 50, 32), 1.0, True, id="softmax-causal"),
+    pytest.param((1, 1, 1, 40, 40, 32), 2.0, False, id="sparsemax-noncausal"),
+    pytest.param((1, 1, 1, 40, 40, 32), 1.25, True, id="a1.25-causal"),
+    pytest.param((1, 4, 2, 48, 48, 32), (1.0, 1.25, 1.5, 2.0), True, id="per-head-mix-gqa"),
+    pytest.param((1, 2, 1, 20, 70, 32), 1.5, True, id="causal-bottom-right-Nq<Nk"),
+    pytest.param((1, 2, 1, 70, 20, 32), 1.5, True, id="causal-Nq>Nk-empty-rows"),
+    pytest.param((1, 2, 2, 33, 57, 32), 1.75, False, id="noncausal-Nq!=Nk"),
+    pytest.param((1, 2, 1, 40, 40, 80), 1.5, True, id="D80"),
+    pytest.param((1, 3, 1, 1, 1, 32), 1.5, True, id="N1"),
+    pytest.param((2, 4, 1, 1, 37, 32), 1.5, True, id="Nq1-mqa"),
+]
+
+
+@pytest.mark.parametrize("shape, alpha, causal", CASES)
+def test_dense_fp32(shape, alpha, causal):
+    B, H, Hkv, Nq, Nk, D = shape
+    tri, ref = _dense(**_full_kw(is_causal=causal))
+    _compare(tri, ref, _grad_inputs(B, H, Hkv, Nq, Nk, D, torch.float32), _alpha(alpha, H), torch.float32)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 1.0])
+def test_dense_fp16(alpha):
+    tri, ref = _dense(**_full_kw(is_causal=True))
+    _compare(tri, ref, _grad_inputs(1, 2, 1, 64, 64, 32, torch.float16), _alpha(alpha, 2), torch.float16)
+
+
+def test_scalar_alpha_not_learned_and_float_alpha():
+    q, k, v = _grad_inputs(1, 2, 1, 40, 40, 32, torch.float32)
+    tri, ref = _dense(**_full_kw(is_causal=True))
+    _compare(tri, ref, (q, k, v), _alpha(1.5, 2, learn=False), torch.float32)
+    with torch.no_grad():
+        out = adasplash_attention_triton(q, k, v, 1.3, is_causal=True)
+        r = attention_reference(q.double(), k.double(), v.double(), 1.3, is_causal=True)
+    assert (out.double() - r).abs().max().item() <= 2e-5
+
+
+def test_key_padding_fully_masked_rows():
+    B, H, N, D = 2, 2, 40, 32
+    kpm = torch.rand(B, N) > 0.4
+    kpm[1] = False  # batch row 1 sees no key: zero output, zero grads
+    tri, ref = _dense(**_full_kw(key_padding_mask=kpm))
+    q, k, v = _grad_inputs(B, H, 1, N, N, D, torch.float32)
+    out, (dq, dk, dv, _) = _compare(tri, ref, (q, k, v), _alpha((1.5, 1.0), H), torch.float32)
+    assert out[1].abs().max().item() == 0.0
+    assert dq[1].abs().max().item() == 0.0 and dk[1].abs().max().item() == 0.0 and dv[1].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("causal, window", [(True, 7), (False, 9)], ids=["causal-w7", "noncausal-w9"])
+def test_window(causal, window):
+    tri, ref = _dense(**_full_kw(is_causal=causal, window=window))
+    _compare(tri, ref, _grad_inputs(1, 2, 1, 64, 64, 32, torch.float32), _alpha((1.5, 1.2), 2), torch.float32)
+
+
+def test_softcap_and_scale():
+    tri, ref = _dense(**_full_kw(is_causal=True, softcap=3.0, scale=0.4))
+    _compare(tri, ref, _grad_inputs(1, 2, 1, 48, 48, 32, torch.float32), _alpha((1.5, 1.0), 2), torch.float32)
+
+
+def test_position_indices_and_window():
+    B, N = 2, 48
+    # two packed documents per row: positions restart, so keys of the first document stay visible by position
+    idx = torch.cat([torch.arange(20), torch.arange(N - 20)])
+    q_idx = torch.stack([idx, torch.arange(N)])
+    tri, ref = _dense(**_full_kw(q_idx=q_idx, k_idx=q_idx, window=12))
+    _compare(tri, ref, _grad_inputs(B, 2, 1, N, N, 32, torch.float32), _alpha(1.5, 2), torch.float32)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen(causal):
+    lens_q = [17, 0, 40, 5]
+    lens_k = [17, 3, 40, 0] if not causal else [23, 0, 40, 9]
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32)
+    H, Hkv, D = 4, 2, 32
+    q = torch.randn(sum(lens_q), H, D).requires_grad_()
+    k = torch.randn(sum(lens_k), Hkv, D).requires_grad_()
+    v = torch.randn(sum(lens_k), Hkv, D).requires_grad_()
+    a = _alpha((1.5, 1.0, 2.0, 1.3), H)
+    kw = {"is_causal": causal, "window": None, "softcap": None, "scale": None}
+    tri = lambda q, k, v, a: adasplash_varlen_attention_triton(  # noqa: E731
+        q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), a, **kw)
+    ref = lambda q, k, v, a: varlen_attention_reference(q, k, v, cu_q, cu_k, a, **kw)  # noqa: E731
+    _compare(tri, ref, (q, k, v), a, torch.float32)
+
+
+def _local_inputs(N, D, pos=4.0):
+    """q and k share a sinusoidal position code: attention concentrates near the diagonal, far tiles are empty."""
+    i = torch.arange(N, dtype=torch.float32)[:, None]
+    f = 1.0 / (64.0 ** (torch.arange(D // 2, dtype=torch.float32) / (D // 2)))
+    c = torch.cat([(i * f).sin(), (i * f).cos()], -1) * math.sqrt(2.0)
+    q = torch.randn(1, 2, N, D) * 0.3 + pos * c
+    k = torch.randn(1, 2, N, D) * 0.3 + pos * c
+    return q, k, torch.randn(1, 2, N, D)
+
+
+def test_tiles_are_skipped_and_result_is_exact():
+    q, k, v = _local_inputs(128, 32)
+    a = torch.full((2,), 1.5)
+    out, o2, tau, ent, gap, thr = torch.ops.hf_adasplash.attn_fwd(
+        q, k, v, a, None, None, None, None, None, 128, 128, True, 32**-0.5, -1, 0.0, True, False)
+    visited = ~torch.isnan(gap)  # tiles the forward never visits keep their NaN poison
+    listed = gap > thr[..., None]
+    assert listed.sum() < 0.7 * visited.sum(), "local inputs should leave many causal tiles empty"
+    qr, kr, vr = (t.requires_grad_() for t in (q, k, v))
+    tri, ref = _dense(**_full_kw(is_causal=True))
+    _compare(tri, ref, (qr, kr, vr), a.requires_grad_(), torch.float32)
+
+
+def test_inference_matches_training_path():
+    q, k, v = _grad_inputs(1, 2, 1, 40, 40, 32, torch.float32)
+    a = _alpha(1.5, 2)
+    out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    with torch.no_grad():
+        out_inf = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    assert torch.equal(out.detach(), out_inf)
+
+
+def test_custom_op_fake_and_compile():
+    q, k, v = (torch.randn(1, 2, 24, 32) for _ in range(3))
+    a = torch.full((2,), 1.5)
+    args = (q, k, v, a, None, None, None, None, None, 24, 24, True, 32**-0.5, -1, 0.0, True, True)
+    torch.library.opcheck(torch.ops.hf_adasplash.attn_fwd, args, test_utils=("test_schema", "test_faketensor"))
+
+    def f(q, k, v, a):
+        return adasplash_attention_triton(q, k, v, a, is_causal=True) * 2
+
+    qg, kg, vg, ag = (t.clone().requires_grad_() for t in (q, k, v, a))
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(qg, kg, vg, ag)
+    ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=True) * 2
+    assert (out.double() - ref).abs().max().item() <= 4e-5
+    out.sum().backward()
+    assert ag.grad is not None and torch.isfinite(ag.grad).all()
