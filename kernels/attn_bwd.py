@@ -14,8 +14,8 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, q_range, softcap_grad, tile_needs_mask, visible
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
@@ -136,8 +136,7 @@ def adasplash_bwd_kernel_dkv(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     i_n, i_bhk = tl.program_id(0), tl.program_id(1)
-    HK: tl.constexpr = H // G
-    i_b, i_hk = i_bhk // HK, i_bhk % HK
+    i_b, i_hk = i_bhk // (H // G), i_bhk % (H // G)
     if IS_VARLEN:
         bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
         Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q

@@ -18,10 +18,10 @@ import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, tile_needs_mask, visible
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-TAU_TOL = 9.5367431640625e-07  # 2^-20, relative to max(1, |tau|): the step after it is below fp32 resolution
-SOFT_SKIP = 150.0  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+TAU_TOL = tl.constexpr(9.5367431640625e-07)  # 2^-20, relative to max(1, |tau|): the step after it is below fp32 resolution
+SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
 
 
 @triton.jit
