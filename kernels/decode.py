@@ -1,15 +1,17 @@
 """Split-K alpha-entmax decode (few queries against a long KV cache): phases 1 and 3.
 
-Grid of both phases: ``(num_splits, B * HKV, row_blocks)``. A program owns one KV head, all ``R = G * NQ`` query
+Phase 1 grid: ``(num_splits, B * HKV, row_blocks)``. A program owns one KV head, all ``R = G * NQ`` query
 rows of its GQA group (row ``r = g * NQ + i``: group head g, query i) and a contiguous range of ``SPLIT_TILES``
 key tiles of ``BN`` keys, so each K/V byte is read by one program only.
 
 - Phase 1 (``decode_scores_fwd_kernel``): ``s = scale * q k^T`` (softcap, masks -> -inf) into an fp32 buffer
   ``[rows, NT * BN]`` plus the max of every (row, tile). Tiles wholly outside the sliding window are not loaded.
+  It also keeps the running (max, sum exp) of each split: softmax heads (alpha == 1) need nothing more.
 - Phase 2 is ``entmax_rows_tau_kernel`` (tau and 1 / sum per row, from the stored scores).
-- Phase 3 (``decode_output_fwd_kernel``): per tile, the rows whose tile max clears tau; a V tile is loaded only
-  when one row of the group needs it (masked loads move no bytes). tau is global, so partial outputs of the
-  splits just add up (``decode_reduce_kernel``): no rescaling as in flash-decoding.
+- Phase 3 (``decode_output_fwd_kernel``, grid ``(num_chunks, B * HKV, row_blocks)``): one vector load of the
+  chunk's tile maxima says which V tiles some row of the group needs; only those are read, the rest of the chunk
+  costs nothing. tau is global, so partial outputs just add up (``decode_reduce_kernel``): no rescaling as in
+  flash-decoding.
 """
 
 import triton
@@ -25,6 +27,7 @@ def decode_scores_fwd_kernel(
     kpm,
     s,
     tmax,
+    ml,
     stride_qb,
     stride_qh,
     stride_qn,
@@ -75,6 +78,9 @@ def decode_scores_fwd_kernel(
     if HAS_WINDOW:
         k_lo = tl.maximum(Nk - NQ - window + 1, 0)  # min q_pos - window + 1
 
+    # running (max, sum exp(s - max)) of the split per row: softmax rows need nothing else from phase 2
+    b_mrun = tl.full([BR], float("-inf"), dtype=tl.float32)
+    b_lrun = tl.zeros([BR], dtype=tl.float32)
     t0 = i_s * SPLIT_TILES
     t1 = tl.minimum(t0 + SPLIT_TILES, NT)
     for i_t in range(t0, t1):
@@ -107,10 +113,25 @@ def decode_scores_fwd_kernel(
             m_vis = m_vis & (b_m != 0)[None, :]
         b_s = tl.where(m_vis, b_s, float("-inf"))
         tl.store(p_s + o_k[None, :], b_s, mask=m_r[:, None] & m_live[None, :])
-        tl.store(p_tm + i_t, tl.max(b_s, axis=1), mask=m_r)
+        b_tm = tl.max(b_s, axis=1)
+        tl.store(p_tm + i_t, b_tm, mask=m_r)
+        b_mnew = tl.maximum(b_mrun, b_tm)
+        b_msafe = tl.where(b_mnew > float("-inf"), b_mnew, 0.0)
+        b_lrun = b_lrun * tl.exp(b_mrun - b_msafe) + tl.sum(tl.exp(b_s - b_msafe[:, None]), axis=1)
+        b_mrun = b_mnew
+    # ml is [rows, 2, num_splits]
+    p_ml = ml + (row0 + o_r) * 2 * tl.num_programs(0) + i_s
+    tl.store(p_ml, b_mrun, mask=m_r)
+    tl.store(p_ml + tl.num_programs(0), b_lrun, mask=m_r)
 
 
-@triton.jit(do_not_specialize=["Nk", "NT", "SPLIT_TILES", "HQ"])
+@triton.jit
+def decode_pick(b_x, o_x, i):
+    """Element i of a block, as a scalar (a masked sum: Triton has no scalar indexing)."""
+    return tl.sum(tl.where(o_x == i, b_x, 0), axis=0)
+
+
+@triton.jit(do_not_specialize=["Nk", "NT", "HQ"])
 def decode_output_fwd_kernel(
     v,
     s,
@@ -124,7 +145,6 @@ def decode_output_fwd_kernel(
     stride_vn,
     Nk,
     NT,
-    SPLIT_TILES,
     HQ,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -133,17 +153,19 @@ def decode_output_fwd_kernel(
     BR: tl.constexpr,
     BD: tl.constexpr,
     BN: tl.constexpr,
+    TCH: tl.constexpr,
     DOT_IEEE: tl.constexpr,
 ):
-    i_s, i_bh, i_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Program (i_c, i_bh, i_r) owns TCH key tiles: one vector load of their maxima says which hold support."""
+    i_c, i_bh, i_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_hkv = i_bh // HKV, i_bh % HKV
     R: tl.constexpr = G * NQ
     o_r = i_r * BR + tl.arange(0, BR)
     m_r = o_r < R
     o_d = tl.arange(0, BD)
     o_n = tl.arange(0, BN)
-    row0 = (i_bh * R).to(tl.int64)
-    o_row = row0 + o_r
+    o_tc = tl.arange(0, TCH)
+    o_row = (i_bh * R).to(tl.int64) + o_r
 
     # [BR] per-row alpha - 1, tau, 1 / sum
     b_am1 = tl.load(alpha + i_hkv * G + o_r // NQ, mask=m_r, other=2.0).to(tl.float32) - 1.0
@@ -152,34 +174,39 @@ def decode_output_fwd_kernel(
     b_tau = tl.load(tau + o_row, mask=m_r, other=float("inf"))
     b_inv = tl.load(inv_norm + o_row, mask=m_r, other=0.0)
 
+    # [BR, TCH] rows x tiles with support (same formula as p, so a skipped tile has p == 0)
+    o_t = i_c * TCH + o_tc
+    b_tm = tl.load(tmax + o_row[:, None] * NT + o_t[None, :], mask=m_r[:, None] & (o_t[None, :] < NT),
+                   other=float("-inf"))
+    m_live = tl.where(b_soft[:, None], (b_tm - b_tau[:, None]) > SOFTMAX_CUTOFF, b_tm * b_am1[:, None] > b_tau[:, None])
+    m_live = m_live & m_r[:, None]
+    # [TCH] tiles some row of the group needs
+    b_tile = tl.max(m_live.to(tl.int32), axis=0)
+
     p_v = v + i_b.to(tl.int64) * stride_vb + i_hkv.to(tl.int64) * stride_vh
     p_s = s + o_row[:, None] * NT * BN
-    p_tm = tmax + o_row * NT
     b_o = tl.zeros([BR, BD], dtype=tl.float32)
-    t0 = i_s * SPLIT_TILES
-    t1 = tl.minimum(t0 + SPLIT_TILES, NT)
-    for i_t in range(t0, t1):
-        o_k = i_t * BN + o_n
-        # [BR] rows with support in this tile (same formula as p, so a skipped tile has p == 0)
-        b_tm = tl.load(p_tm + i_t, mask=m_r, other=float("-inf"))
-        m_live = m_r & tl.where(b_soft, (b_tm - b_tau) > SOFTMAX_CUTOFF, b_tm * b_am1 > b_tau)
-        # [BN], one value: some row of the group needs this V tile (a vector, not a scalar, to mask the load)
-        m_tile = tl.max(m_live[:, None].to(tl.int32) + o_n[None, :] * 0, axis=0) > 0
-        # [BR, BN]
-        b_s = tl.load(p_s + o_k[None, :], mask=m_live[:, None], other=float("-inf"))
-        b_x = tl.maximum(b_s * b_am1[:, None] - b_tau[:, None], 0.0)
-        b_p = tl.where(b_pow[:, None] == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * b_pow[:, None]))
-        b_p = tl.where(b_x > 0, b_p, 0.0)
-        b_p = tl.where(b_soft[:, None], tl.exp(b_s - b_tau[:, None]), b_p) * b_inv[:, None]
-        # [BN, BD]
-        b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vn + o_d[None, :],
-                      mask=((o_k < Nk) & m_tile)[:, None] & (o_d[None, :] < D), other=0.0)
-        if DOT_IEEE:
-            b_o += tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
-        else:
-            b_o += tl.dot(b_p, b_v.to(tl.float32))
-    # o_part is [num_splits, rows, BD]
-    p_o = o_part + (i_s * tl.num_programs(1) * R + o_row)[:, None] * BD + o_d[None, :]
+    if tl.sum(b_tile, axis=0) > 0:
+        for i in range(0, TCH):
+            if decode_pick(b_tile, o_tc, i) > 0:
+                i_t = i_c * TCH + i
+                o_k = i_t * BN + o_n
+                m_row = tl.sum(tl.where(o_tc[None, :] == i, m_live.to(tl.int32), 0), axis=1) > 0
+                # [BR, BN]
+                b_s = tl.load(p_s + o_k[None, :], mask=m_row[:, None], other=float("-inf"))
+                b_x = tl.maximum(b_s * b_am1[:, None] - b_tau[:, None], 0.0)
+                b_p = tl.where(b_pow[:, None] == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * b_pow[:, None]))
+                b_p = tl.where(b_x > 0, b_p, 0.0)
+                b_p = tl.where(b_soft[:, None], tl.exp(b_s - b_tau[:, None]), b_p) * b_inv[:, None]
+                # [BN, BD]
+                b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vn + o_d[None, :],
+                              mask=(o_k[:, None] < Nk) & (o_d[None, :] < D), other=0.0)
+                if DOT_IEEE:
+                    b_o += tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
+                else:
+                    b_o += tl.dot(b_p.to(b_v.dtype), b_v)
+    # o_part is [num_chunks, rows, BD]
+    p_o = o_part + (i_c * tl.num_programs(1) * R + o_row)[:, None] * BD + o_d[None, :]
     tl.store(p_o, b_o, mask=m_r[:, None])
 
 

@@ -1,91 +1,147 @@
 """Row-wise alpha-entmax threshold over stored fp32 scores (phase 2 of split-K decode).
 
 Each row of ``s`` holds ``NT`` tiles of ``BN`` scores (masked entries are ``-inf``); ``tmax[row, t]`` is the max
-of tile t. With ``z = (alpha - 1) s`` the kernel finds tau per row by Newton from the certified lower bound
-``max(z) - 1``: ``f(tau) = sum_j [z_j - tau]_+^{1/(alpha-1)} - 1`` is convex decreasing, so every iterate stays a
-lower bound and only tiles with ``(alpha-1) * tmax > tau`` can hold support. Those are the only tiles loaded
-(masked loads move no bytes), and the set shrinks as tau rises: after one full pass the later passes touch only
-the few tiles near the support.
+of tile t. With ``z = (alpha - 1) s`` and ``f(tau) = sum_j [z_j - tau]_+^{1/(alpha-1)} - 1`` (convex, decreasing):
+
+1. Tile bound. Each tile contributes at least its max's term, so ``g(tau) = sum_t [zmax_t - tau]_+^{1/(alpha-1)} - 1
+   <= f(tau)``; the root of g is a certified lower bound on tau, found by Newton from ``max z - 1`` on the tile
+   maxima alone (``NT`` values, in registers). When the support has at most one key per tile it is tau itself.
+2. Only tiles with ``zmax_t > tau_g`` can hold support: their indices are compacted into ``live`` (usually a few
+   percent of the tiles).
+3. Exact Newton from ``tau_g`` over the scores of the listed tiles only. Newton from the left never overshoots.
 
 Outputs per row: ``tau`` (z units; for softmax rows, alpha == 1, the row max in s units) and ``inv_norm`` = 1 / sum
 of the unnormalised probabilities at that tau, so ``p = [z - tau]_+^{1/(alpha-1)} * inv_norm`` sums to one even if
-Newton stopped a rounding step early. Rows with no finite score get ``tau = +inf``, ``inv_norm = 0`` (p = 0).
+Newton stopped a rounding step early. Softmax rows combine the per-split (max, sum exp) of phase 1 instead.
+Rows with no finite score get ``tau = +inf``, ``inv_norm = 0`` (p = 0).
 """
 
 import triton
 import triton.language as tl
 
-# exp(x) < 1e-38 below this: a softmax tile whose max is this far under the row max contributes nothing in fp32.
-SOFTMAX_CUTOFF = tl.constexpr(-88.0)
+
+@triton.jit
+def entmax_pow_sums(b_z, tau, power):
+    """(sum [z - tau]_+^power, power * sum [z - tau]_+^(power - 1)) over a block of z."""
+    b_x = tl.maximum(b_z - tau, 0.0)
+    b_on = b_x > 0
+    b_xp = tl.where(power == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * power))
+    b_xp = tl.where(b_on, b_xp, 0.0)
+    b_xpm1 = tl.where(b_on, b_xp / tl.where(b_on, b_x, 1.0), 0.0)
+    return tl.sum(b_xp), power * tl.sum(b_xpm1)
 
 
 @triton.jit
-def entmax_rows_pass(p_s, p_tm, tau, am1, power, NT, SOFT: tl.constexpr, TC: tl.constexpr, BN: tl.constexpr):
-    """One pass over a row: (sum p, sum dp/dtau * power) at tau, loading only tiles that can be live."""
-    o_t = tl.arange(0, TC)
+def entmax_tile_bound_sums(p_tm, b_tm0, tau, am1, power, NT, TB: tl.constexpr):
+    """Sums of g over all tile maxima: the first block is in registers, the rest (NT > TB) is loaded."""
+    b_sum, b_dsum = entmax_pow_sums(b_tm0 * am1, tau, power)
+    for i_b in range(1, tl.cdiv(NT, TB)):
+        o_t = i_b * TB + tl.arange(0, TB)
+        b_tm = tl.load(p_tm + o_t, mask=o_t < NT, other=float("-inf"))
+        b_s1, b_d1 = entmax_pow_sums(b_tm * am1, tau, power)
+        b_sum += b_s1
+        b_dsum += b_d1
+    return b_sum, b_dsum
+
+
+@triton.jit
+def entmax_live_sums(p_s, p_live, n_live, tau, am1, power, TCL: tl.constexpr, BN: tl.constexpr):
+    """Exact sums of f over the scores of the listed tiles."""
     o_n = tl.arange(0, BN)
-    b_sum = tl.zeros([TC, BN], dtype=tl.float32)
-    b_dsum = tl.zeros([TC, BN], dtype=tl.float32)
-    for i_c in range(0, tl.cdiv(NT, TC)):
-        o_tc = i_c * TC + o_t
-        # [TC]
-        b_tm = tl.load(p_tm + o_tc, mask=o_tc < NT, other=float("-inf"))
-        if SOFT:
-            m_live = (b_tm - tau) > SOFTMAX_CUTOFF
-        else:
-            m_live = (b_tm * am1) > tau
-        # [TC, BN]
-        b_s = tl.load(p_s + o_tc[:, None] * BN + o_n[None, :], mask=m_live[:, None], other=float("-inf"))
-        if SOFT:
-            b_sum += tl.exp(b_s - tau)
-        else:
-            b_x = tl.maximum(b_s * am1 - tau, 0.0)
-            b_on = b_x > 0
-            b_xp = tl.where(power == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * power))
-            b_xp = tl.where(b_on, b_xp, 0.0)
-            b_sum += b_xp
-            b_dsum += tl.where(b_on, b_xp / tl.where(b_on, b_x, 1.0), 0.0)
+    b_sum = tl.zeros([TCL, BN], dtype=tl.float32)
+    b_dsum = tl.zeros([TCL, BN], dtype=tl.float32)
+    for i_c in range(0, tl.cdiv(n_live, TCL)):
+        o_l = i_c * TCL + tl.arange(0, TCL)
+        m_l = o_l < n_live
+        b_idx = tl.load(p_live + o_l, mask=m_l, other=0)
+        # [TCL, BN]
+        b_s = tl.load(p_s + b_idx[:, None].to(tl.int64) * BN + o_n[None, :], mask=m_l[:, None], other=float("-inf"))
+        b_x = tl.maximum(b_s * am1 - tau, 0.0)
+        b_on = b_x > 0
+        b_xp = tl.where(power == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * power))
+        b_xp = tl.where(b_on, b_xp, 0.0)
+        b_sum += b_xp
+        b_dsum += tl.where(b_on, b_xp / tl.where(b_on, b_x, 1.0), 0.0)
     return tl.sum(tl.sum(b_sum, axis=1), axis=0), power * tl.sum(tl.sum(b_dsum, axis=1), axis=0)
 
 
-@triton.jit(do_not_specialize=["NT", "NQ", "HQ"])
+@triton.jit(do_not_specialize=["NT", "NS", "NQ", "HQ"])
 def entmax_rows_tau_kernel(
     s,
     tmax,
+    ml,
+    live,
     alpha,
     tau,
     inv_norm,
     NT,
+    NS,
     NQ,
     HQ,
     TOL,
     MAX_ITERS: tl.constexpr,
-    TC: tl.constexpr,
+    TB: tl.constexpr,
+    TCL: tl.constexpr,
     BN: tl.constexpr,
-    BT: tl.constexpr,
+    BS: tl.constexpr,
 ):
     i_row = tl.program_id(0).to(tl.int64)
     p_s = s + i_row * NT * BN
     p_tm = tmax + i_row * NT
+    p_live = live + i_row * NT
     # rows are laid out [B, HQ, NQ]: the head gives alpha
     am1 = tl.load(alpha + (i_row // NQ) % HQ).to(tl.float32) - 1.0
 
-    # row max from the tile maxima (s units)
-    b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
-    for i_t in range(0, tl.cdiv(NT, BT)):
-        o_t = i_t * BT + tl.arange(0, BT)
-        b_m = tl.maximum(b_m, tl.load(p_tm + o_t, mask=o_t < NT, other=float("-inf")))
-    m = tl.max(b_m, axis=0)
-    valid = m > float("-inf")
-    m = tl.where(valid, m, 0.0)
-
     if am1 == 0.0:
+        # softmax: combine the per-split (max, sum exp(s - max)) of phase 1
+        b_m = tl.full([BS], float("-inf"), dtype=tl.float32)
+        for i_b in range(0, tl.cdiv(NS, BS)):
+            o_b = i_b * BS + tl.arange(0, BS)
+            b_m = tl.maximum(b_m, tl.load(ml + i_row * 2 * NS + o_b, mask=o_b < NS, other=float("-inf")))
+        m = tl.max(b_m, axis=0)
+        valid = m > float("-inf")
+        m = tl.where(valid, m, 0.0)
+        b_l = tl.zeros([BS], dtype=tl.float32)
+        for i_b in range(0, tl.cdiv(NS, BS)):
+            o_b = i_b * BS + tl.arange(0, BS)
+            b_ms = tl.load(ml + i_row * 2 * NS + o_b, mask=o_b < NS, other=float("-inf"))
+            b_ls = tl.load(ml + i_row * 2 * NS + NS + o_b, mask=o_b < NS, other=0.0)
+            b_l += tl.where(b_ms > float("-inf"), b_ls * tl.exp(b_ms - m), 0.0)
         b_tau = m
-        b_sum, _ = entmax_rows_pass(p_s, p_tm, b_tau, am1, 1.0, NT, True, TC, BN)
+        b_sum = tl.sum(b_l, axis=0)
     else:
         power = 1.0 / am1
-        b_tau = m * am1 - 1.0  # f(max z - 1) >= 0: certified lower bound
-        b_sum, b_dsum = entmax_rows_pass(p_s, p_tm, b_tau, am1, power, NT, False, TC, BN)
+        # 1) certified bound from the tile maxima
+        o_t = tl.arange(0, TB)
+        b_tm0 = tl.load(p_tm + o_t, mask=o_t < NT, other=float("-inf"))
+        m = tl.max(b_tm0, axis=0)
+        for i_b in range(1, tl.cdiv(NT, TB)):
+            o_tb = i_b * TB + o_t
+            m = tl.maximum(m, tl.max(tl.load(p_tm + o_tb, mask=o_tb < NT, other=float("-inf")), axis=0))
+        valid = m > float("-inf")
+        m = tl.where(valid, m, 0.0)
+        b_tau = m * am1 - 1.0  # g(max z - 1) >= 0
+        b_sum, b_dsum = entmax_tile_bound_sums(p_tm, b_tm0, b_tau, am1, power, NT, TB)
+        it = 0
+        moved = valid
+        while ((b_sum - 1.0) > TOL) & (it < MAX_ITERS) & moved:
+            b_new = b_tau + tl.maximum((b_sum - 1.0) / b_dsum, 0.0)
+            moved = b_new > b_tau
+            b_tau = b_new
+            b_sum, b_dsum = entmax_tile_bound_sums(p_tm, b_tm0, b_tau, am1, power, NT, TB)
+            it += 1
+        # 2) compact the tiles that can still hold support
+        n_live = 0
+        for i_b in range(0, tl.cdiv(NT, TB)):
+            o_tb = i_b * TB + o_t
+            b_tm = tl.load(p_tm + o_tb, mask=o_tb < NT, other=float("-inf"))
+            m_live = b_tm * am1 > b_tau
+            o_pos = n_live + tl.cumsum(m_live.to(tl.int32), axis=0) - 1
+            tl.store(p_live + o_pos, o_tb, mask=m_live)
+            n_live += tl.sum(m_live.to(tl.int32), axis=0)
+        tl.debug_barrier()  # the list is read back by other threads of this program
+        # 3) exact Newton over the listed tiles, from the certified bound
+        b_sum, b_dsum = entmax_live_sums(p_s, p_live, n_live, b_tau, am1, power, TCL, BN)
         it = 0
         moved = valid
         while ((b_sum - 1.0) > TOL) & (it < MAX_ITERS) & moved:
@@ -93,7 +149,7 @@ def entmax_rows_tau_kernel(
             b_new = b_tau + tl.maximum((b_sum - 1.0) / b_dsum, 0.0)
             moved = b_new > b_tau
             b_tau = b_new
-            b_sum, b_dsum = entmax_rows_pass(p_s, p_tm, b_tau, am1, power, NT, False, TC, BN)
+            b_sum, b_dsum = entmax_live_sums(p_s, p_live, n_live, b_tau, am1, power, TCL, BN)
             it += 1
     b_tau = tl.where(valid, b_tau, float("inf"))
     b_inv = tl.where(valid & (b_sum > 0), 1.0 / tl.where(b_sum > 0, b_sum, 1.0), 0.0)

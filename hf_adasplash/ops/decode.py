@@ -20,6 +20,9 @@ __all__ = ["MAX_DECODE_QUERIES", "adasplash_decode_triton"]
 
 MAX_DECODE_QUERIES = 16
 BN = 64  # key tile: the granularity of V skipping (and of the block-sparsity statistics)
+TCH = 16  # key tiles per output program: one vector load of their maxima decides which V tiles to read
+TB = 1024  # tile maxima per block in the tau solve (one block in registers up to Nk = 64k)
+TCL = 16  # listed live tiles per step of the exact Newton passes
 MAX_ROWS_PER_PROGRAM = 64
 NEWTON_TOL = 1e-6
 NEWTON_MAX_ITERS = 40
@@ -73,9 +76,12 @@ def decode_fwd(
     f32 = torch.float32
     s = torch.empty(rows, NT * BN, device=dev, dtype=f32)
     tmax = torch.empty(rows, NT, device=dev, dtype=f32)
+    ml = torch.empty(rows, 2, n_splits, device=dev, dtype=f32)
+    live = torch.empty(rows, NT, device=dev, dtype=torch.int32)
     tau = torch.empty(rows, device=dev, dtype=f32)
     inv_norm = torch.empty(rows, device=dev, dtype=f32)
-    o_part = torch.empty(n_splits, rows, BD, device=dev, dtype=f32)
+    n_chunks = triton.cdiv(NT, TCH)
+    o_part = torch.empty(n_chunks, rows, BD, device=dev, dtype=f32)
     dot_ieee = _interpret() or q.dtype == torch.float32
 
     kpm = None
@@ -84,7 +90,7 @@ def decode_fwd(
         kpm = kpm.contiguous().view(torch.uint8)
     grid = (n_splits, B * HKV, n_rb)
     decode_scores_fwd_kernel[grid](
-        q=q, k=k, kpm=kpm if kpm is not None else k, s=s, tmax=tmax,
+        q=q, k=k, kpm=kpm if kpm is not None else k, s=s, tmax=tmax, ml=ml,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
         stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
         stride_mb=kpm.stride(0) if kpm is not None else 0,
@@ -94,17 +100,16 @@ def decode_fwd(
         DOT_IEEE=dot_ieee, num_warps=4, num_stages=3,
     )
     entmax_rows_tau_kernel[(rows,)](
-        s=s, tmax=tmax, alpha=alpha, tau=tau, inv_norm=inv_norm, NT=NT, NQ=NQ, HQ=HQ, TOL=NEWTON_TOL,
-        MAX_ITERS=NEWTON_MAX_ITERS, TC=16, BN=BN, BT=256,
-        num_warps=4,
+        s=s, tmax=tmax, ml=ml, live=live, alpha=alpha, tau=tau, inv_norm=inv_norm, NT=NT, NS=n_splits, NQ=NQ, HQ=HQ,
+        TOL=NEWTON_TOL, MAX_ITERS=NEWTON_MAX_ITERS, TB=TB, TCL=TCL, BN=BN, BS=64, num_warps=4,
     )
-    decode_output_fwd_kernel[grid](
+    decode_output_fwd_kernel[(n_chunks, B * HKV, n_rb)](
         v=v, s=s, tmax=tmax, tau=tau, inv_norm=inv_norm, alpha=alpha, o_part=o_part,
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
-        Nk=Nk, NT=NT, SPLIT_TILES=split_tiles, HQ=HQ, HKV=HKV, G=G, NQ=NQ, D=D, BR=BR, BD=BD, BN=BN,
-        DOT_IEEE=dot_ieee, num_warps=4, num_stages=3,
+        Nk=Nk, NT=NT, HQ=HQ, HKV=HKV, G=G, NQ=NQ, D=D, BR=BR, BD=BD, BN=BN, TCH=TCH,
+        DOT_IEEE=dot_ieee, num_warps=4,
     )
-    decode_reduce_kernel[(rows,)](o_part=o_part, o=o, NS=n_splits, ROWS=rows, D=D, BD=BD, num_warps=1)
+    decode_reduce_kernel[(rows,)](o_part=o_part, o=o, NS=n_chunks, ROWS=rows, D=D, BD=BD, num_warps=1)
     return o
 
 
