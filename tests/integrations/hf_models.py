@@ -103,7 +103,7 @@ FAMILIES = {f.name: f for f in [
     Family("modernbert", "ModernBertConfig", dict(_D, global_attn_every_n_layers=2, local_attention=4,
                                                   cls_token_id=1, sep_token_id=2,
                                                   attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0),
-           decoder=False, notes=["encoder", "bidirectional local window (|d| <= 2) on layer 1"]),
+           decoder=False, notes=["encoder", "bidirectional local window ±2 on layer 1"]),
 ]}
 DECODERS = [n for n, f in FAMILIES.items() if f.decoder]
 
