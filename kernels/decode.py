@@ -126,6 +126,15 @@ def decode_scores_fwd_kernel(
 
 
 @triton.jit
+def decode_probs(b_s, b_am1, b_tau, b_inv, b_soft, b_pow):
+    """[BR, BN] normalised probabilities from stored scores and per-row (alpha - 1, tau, 1 / sum)."""
+    b_x = tl.maximum(b_s * b_am1[:, None] - b_tau[:, None], 0.0)
+    b_p = tl.where(b_pow[:, None] == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * b_pow[:, None]))
+    b_p = tl.where(b_x > 0, b_p, 0.0)
+    return tl.where(b_soft[:, None], tl.exp(b_s - b_tau[:, None]), b_p) * b_inv[:, None]
+
+
+@triton.jit
 def decode_pick(b_x, o_x, i):
     """Element i of a block, as a scalar (a masked sum: Triton has no scalar indexing)."""
     return tl.sum(tl.where(o_x == i, b_x, 0), axis=0)
@@ -186,18 +195,27 @@ def decode_output_fwd_kernel(
     p_v = v + i_b.to(tl.int64) * stride_vb + i_hkv.to(tl.int64) * stride_vh
     p_s = s + o_row[:, None] * NT * BN
     b_o = tl.zeros([BR, BD], dtype=tl.float32)
-    if tl.sum(b_tile, axis=0) > 0:
+    n_tiles = tl.sum(b_tile, axis=0)
+    if n_tiles == TCH:
+        # every tile needed: a plain pipelined stream of V (rows without support in a tile get p == 0 anyway)
+        for i in range(0, TCH):
+            o_k = (i_c * TCH + i) * BN + o_n
+            b_s = tl.load(p_s + o_k[None, :], mask=m_r[:, None], other=float("-inf"))
+            b_p = decode_probs(b_s, b_am1, b_tau, b_inv, b_soft, b_pow)
+            b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vn + o_d[None, :],
+                          mask=(o_k[:, None] < Nk) & (o_d[None, :] < D), other=0.0)
+            if DOT_IEEE:
+                b_o += tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
+            else:
+                b_o += tl.dot(b_p.to(b_v.dtype), b_v)
+    elif n_tiles > 0:
         for i in range(0, TCH):
             if decode_pick(b_tile, o_tc, i) > 0:
-                i_t = i_c * TCH + i
-                o_k = i_t * BN + o_n
+                o_k = (i_c * TCH + i) * BN + o_n
                 m_row = tl.sum(tl.where(o_tc[None, :] == i, m_live.to(tl.int32), 0), axis=1) > 0
                 # [BR, BN]
                 b_s = tl.load(p_s + o_k[None, :], mask=m_row[:, None], other=float("-inf"))
-                b_x = tl.maximum(b_s * b_am1[:, None] - b_tau[:, None], 0.0)
-                b_p = tl.where(b_pow[:, None] == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * b_pow[:, None]))
-                b_p = tl.where(b_x > 0, b_p, 0.0)
-                b_p = tl.where(b_soft[:, None], tl.exp(b_s - b_tau[:, None]), b_p) * b_inv[:, None]
+                b_p = decode_probs(b_s, b_am1, b_tau, b_inv, b_soft, b_pow)
                 # [BN, BD]
                 b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vn + o_d[None, :],
                               mask=(o_k[:, None] < Nk) & (o_d[None, :] < D), other=0.0)

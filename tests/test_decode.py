@@ -108,3 +108,11 @@ def test_decode_rejects_bad_input():
     q, k, v = _inputs(1, 2, 1, 1, 20, 32, torch.float64)
     with pytest.raises(TypeError, match="float16/bfloat16/float32"):
         adasplash_decode_triton(q, k, v, 1.5)
+
+
+def test_decode_custom_op_schema_and_fake():
+    from hf_adasplash.ops.decode import decode_fwd
+
+    q, k, v = _inputs(1, 2, 1, 1, 40, 32, torch.float32)
+    args = (q, k, v, torch.tensor([1.5, 1.0]), True, 32**-0.5, None, 0, 0.0)
+    torch.library.opcheck(decode_fwd, args, test_utils=("test_schema", "test_faketensor"))

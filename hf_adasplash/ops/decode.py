@@ -8,6 +8,7 @@ growing cache does not recompile.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -32,10 +33,30 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+@functools.lru_cache(maxsize=64)
+def _alpha_const(value: float, HQ: int, device: torch.device) -> torch.Tensor:
+    """A float alpha as a read-only ``[Hq]`` tensor, made once per (value, heads, device): no per-step fill."""
+    return torch.full((HQ,), value, device=device, dtype=torch.float32)
+
+
+def _carve(ws: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Split one fp32 workspace into flat buffers, each starting 128-byte aligned."""
+    out, off = [], 0
+    for n in sizes:
+        out.append(ws[off:off + n])
+        off += triton.cdiv(n, 32) * 32
+    return out
+
+
+def _workspace_numel(sizes: list[int]) -> int:
+    return sum(triton.cdiv(n, 32) * 32 for n in sizes)
 
 
 def _splits(n_tiles: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
@@ -45,8 +66,7 @@ def _splits(n_tiles: int, programs_per_split: int, device: torch.device) -> tupl
     return tiles, triton.cdiv(n_tiles, tiles)
 
 
-@torch.library.custom_op("hf_adasplash::decode_fwd", mutates_args=())
-def decode_fwd(
+def _decode_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -74,14 +94,13 @@ def decode_fwd(
     rows = B * HQ * NQ
     dev = q.device
     f32 = torch.float32
-    s = torch.empty(rows, NT * BN, device=dev, dtype=f32)
-    tmax = torch.empty(rows, NT, device=dev, dtype=f32)
-    ml = torch.empty(rows, 2, n_splits, device=dev, dtype=f32)
-    live = torch.empty(rows, NT, device=dev, dtype=torch.int32)
-    tau = torch.empty(rows, device=dev, dtype=f32)
-    inv_norm = torch.empty(rows, device=dev, dtype=f32)
     n_chunks = triton.cdiv(NT, TCH)
-    o_part = torch.empty(n_chunks, rows, BD, device=dev, dtype=f32)
+    # one allocation for every intermediate (fp32 scores, tile maxima, split stats, live-tile lists, tau, 1/sum,
+    # partial outputs): a decode step is short enough for allocator calls to show
+    sizes = [rows * NT * BN, rows * NT, rows * 2 * n_splits, rows * NT, rows, rows, n_chunks * rows * BD]
+    ws = torch.empty(_workspace_numel(sizes), device=dev, dtype=f32)
+    s, tmax, ml, live, tau, inv_norm, o_part = _carve(ws, sizes)
+    live = live.view(torch.int32)
     dot_ieee = _interpret() or q.dtype == torch.float32
 
     kpm = None
@@ -113,9 +132,12 @@ def decode_fwd(
     return o
 
 
+decode_fwd = torch.library.custom_op("hf_adasplash::decode_fwd", _decode_fwd, mutates_args=())
+
+
 @decode_fwd.register_fake
 def _(q, k, v, alpha, is_causal, scale, key_padding_mask, window, softcap):
-    return torch.empty_like(q)
+    return torch.empty(q.shape, device=q.device, dtype=q.dtype)
 
 
 def adasplash_decode_triton(
@@ -147,8 +169,10 @@ def adasplash_decode_triton(
         a = alpha.detach().to(device=q.device, dtype=torch.float32)
         a = a.expand(HQ).contiguous() if a.dim() == 0 else a.contiguous()
     else:
-        a = torch.full((HQ,), float(alpha), device=q.device, dtype=torch.float32)
-    return decode_fwd(
+        a = _alpha_const(float(alpha), HQ, q.device)
+    # eager calls skip the custom-op dispatch (tens of microseconds per step); compiled graphs see the op
+    op = decode_fwd if torch.compiler.is_compiling() else _decode_fwd
+    return op(
         q, k, v, a, bool(is_causal), float(D**-0.5 if scale is None else scale), key_padding_mask,
         int(window) if window is not None else 0, float(softcap) if softcap is not None else 0.0,
     )
