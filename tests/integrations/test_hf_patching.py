@@ -129,13 +129,16 @@ def test_accelerate_training_step_with_alpha_param_group():
     assert accelerator.unwrap_model(model).config._attn_implementation == "adasplash"
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    # torch.utils.checkpoint allocates a requires-grad placeholder with torch.empty, which the suite's NaN
+    # poisoning cannot fill in place: use the real allocator here (nothing of ours reads uninitialised memory).
+    monkeypatch.setattr(torch, "empty", torch._C._VariableFunctions.empty)
     ids = H.tokens(2, 8)
     grads = []
     for ckpt in (False, True):
         model = H.adasplash_model(LLAMA).train()
-        if ckpt:
-            model.gradient_checkpointing_enable()
+        if ckpt:  # non-reentrant: the recommended mode (and the default on recent Transformers)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         _loss(model, ids).backward()
         grads.append(torch.cat([p.grad.flatten() for p in hf_adasplash.alpha_parameters(model)]))
     assert grads[0].abs().max() > 0
