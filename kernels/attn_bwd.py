@@ -12,7 +12,7 @@ With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1
 import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
-from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, q_range, softcap_grad, tile_needs_mask, visible
+from hf_adasplash.kernels.attn_utils import dot_to_z, entmax_u, kv_range, q_range, softcap_grad, tile_needs_mask, visible
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -100,17 +100,15 @@ def adasplash_bwd_kernel_dq(
             if is_soft:
                 b_p = tl.exp2(b_x)
                 b_u = b_p
-                b_lx = b_x
             else:
                 b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-                b_lx = tl.log2(b_x)
-                b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_lx), 0.0)
+                b_u = entmax_u(b_x, pm1)
                 b_p = b_u * b_x
             b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
             b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
             b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
             if NEED_DALPHA:
-                b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * b_lx, 0.0), 1)
+                b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * tl.log2(b_x), 0.0), 1)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if NEED_DALPHA:
         b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
@@ -219,7 +217,7 @@ def adasplash_bwd_kernel_dkv(
                     b_u = b_p
                 else:
                     b_x = tl.maximum(b_x, 0.0)
-                    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+                    b_u = entmax_u(b_x, pm1)
                     b_p = b_u * b_x
                 b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
                 b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)

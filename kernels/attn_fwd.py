@@ -16,7 +16,7 @@ C. Output over the remaining tiles: ``O = P V`` and, when a backward follows, ``
 
 import triton
 import triton.language as tl
-from hf_adasplash.kernels.attn_utils import dot_to_z, kv_range, tile_needs_mask, visible
+from hf_adasplash.kernels.attn_utils import dot_to_z, entmax_u, kv_range, tile_needs_mask, visible
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -147,7 +147,7 @@ def adasplash_fwd_kernel(
                                             HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
                     # [BM, BN]
                     b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
-                    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+                    b_u = entmax_u(b_x, pm1)
                     b_s0 += tl.sum(b_u * b_x, 1)
                     b_s1 += tl.sum(b_u, 1)
             ok = row_ok & (b_s1 > 0)
@@ -182,11 +182,10 @@ def adasplash_fwd_kernel(
                 b_u = b_p
             else:
                 b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-                b_lx = tl.log2(b_x)
-                b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_lx), 0.0)
+                b_u = entmax_u(b_x, pm1)
                 b_p = b_u * b_x
                 if NEED_ENT:
-                    b_ent += tl.sum(tl.where(b_x > 0, b_p * b_lx, 0.0), 1)
+                    b_ent += tl.sum(tl.where(b_x > 0, b_p * tl.log2(b_x), 0.0), 1)
             b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
             if NEED_BWD:
                 # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads

@@ -103,3 +103,19 @@ def softcap_grad(b_z, b_ds, softcap, zs, HAS_SOFTCAP: tl.constexpr):
         b_th = b_z / (softcap * zs)
         b_ds = tl.where(b_z > float("-inf"), b_ds * (1.0 - b_th * b_th), 0.0)
     return b_ds
+
+
+@triton.jit
+def entmax_u(b_x, pm1):
+    """u = x^(1/(alpha-1) - 1) for clamped x >= 0 (0 off the support), so that p = u * x.
+
+    alpha = 1.5 (u = x) and alpha = 2 (u = 1) skip the two transcendental ops per element that the general power
+    costs: on Hopper the special-function units, not the tensor cores, bound these passes.
+    """
+    if pm1 == 1.0:
+        b_u = b_x
+    elif pm1 == 0.0:
+        b_u = tl.where(b_x > 0, 1.0, 0.0)
+    else:
+        b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+    return b_u

@@ -56,11 +56,9 @@ def _rel(a, b):
 ACC_CASES = [
     # (B, H, Hkv, Nq, Nk, D, causal, dtype)
     (2, 4, 2, 1000, 1000, 64, True, torch.float32),
-    (1, 4, 1, 777, 1500, 80, True, torch.float32),
-    (1, 4, 4, 1024, 1024, 128, False, torch.float32),
-    (2, 8, 2, 2048, 2048, 64, True, torch.bfloat16),
-    (1, 8, 8, 1500, 1500, 128, True, torch.float16),
-    (1, 4, 2, 1000, 1000, 256, False, torch.bfloat16),
+    (1, 4, 1, 777, 1500, 80, False, torch.float16),
+    (2, 8, 2, 2048, 2048, 128, True, torch.bfloat16),
+    (1, 4, 2, 1000, 1000, 256, True, torch.bfloat16),
 ]
 
 
@@ -126,8 +124,7 @@ def _block_sparsity(q, k, v, alpha):
     return 1.0 - listed.sum().item() / (causal.sum().item() * gap.shape[0])
 
 
-TIMING = [(64, 4096, 0.0), (64, 4096, 2.0), (128, 4096, 0.0), (64, 16384, 0.0), (64, 16384, 2.0),
-          (128, 16384, 2.0)]
+TIMING = [(64, 4096, 0.0), (64, 4096, 2.0), (128, 4096, 0.0), (64, 16384, 2.0), (128, 16384, 2.0)]
 
 
 def _time_case(D, N, pos):
