@@ -12,7 +12,15 @@ With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1
 import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
-from hf_adasplash.kernels.attn_utils import dot_to_z, entmax_u, kv_range, q_range, softcap_grad, tile_needs_mask, visible
+from hf_adasplash.kernels.attn_utils import (
+    dot_to_z,
+    entmax_u,
+    kv_range,
+    q_range,
+    softcap_grad,
+    tile_needs_mask,
+    visible,
+)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
