@@ -283,6 +283,14 @@ def run_case(case, args, timer):
         results[b] = measure(b, q, k, v, case["causal"], args.alpha, modes, timer, cuda)
         if cuda:
             torch.cuda.empty_cache()
+    if decode and "fwd_ms" in results.get("ours", {}):
+        # decode shapes are small enough for a dense check of what was timed
+        from hf_adasplash.reference import attention_reference
+
+        with torch.no_grad():
+            out = attention_fn("ours", q, k, v, case["causal"], args.alpha)()
+            ref = attention_reference(q.float(), k.float(), v.float(), args.alpha, is_causal=case["causal"])
+        results["ours"]["max_abs_err_vs_fp32"] = float(f"{(out.float() - ref).abs().max().item():.3g}")
     row["results"] = results
     row["ratio_vs_sdpa"] = _ratios(results)
     return row
