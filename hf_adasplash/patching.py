@@ -14,7 +14,9 @@ from __future__ import annotations
 import glob
 import inspect
 import json
+import logging
 import os
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -187,6 +189,30 @@ def load_alpha(model: nn.Module, files: list[str]) -> int:
     return loaded
 
 
+class _AlphaOnlyLoadReport(logging.Filter):
+    """Drops Transformers' load report when its only rows are our alpha keys (which we load ourselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "LOAD REPORT" not in msg:
+            return True
+        rows = [ln for ln in msg.splitlines()[1:] if "|" in ln and set(ln) - set("-+| ") and "Status" not in ln]
+        return not rows or not all(ALPHA_KEY_SUFFIX in ln and "UNEXPECTED" in ln for ln in rows)
+
+
+@contextmanager
+def _quiet_alpha_load_report():
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    f = _AlphaOnlyLoadReport()
+    for lg in loggers:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
+
+
 def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None, *, learnable: bool | None = None,
                     per_head: bool | None = None, min_alpha: float | None = None, max_alpha: float | None = None,
                     backend: str | None = None, **kwargs) -> nn.Module:
@@ -203,7 +229,8 @@ def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None,
     impl = kwargs.pop("attn_implementation", NAME)
     if impl != NAME:
         raise ValueError(f"hf_adasplash.from_pretrained loads attn_implementation='adasplash', got {impl!r}")
-    model = model_cls.from_pretrained(path_or_id, attn_implementation=NAME, **kwargs)
+    with _quiet_alpha_load_report():
+        model = model_cls.from_pretrained(path_or_id, attn_implementation=NAME, **kwargs)
     saved = dict(getattr(model.config, "adasplash", None) or {})
     had_alpha = saved.pop("attached", False)
     for cfg in _configs(model):  # patch() rewrites the settings

@@ -154,3 +154,36 @@ def test_torch_compile_matches_eager():
         eager = model(ids, attention_mask=mask).logits
         compiled = torch.compile(model, backend="aot_eager")(ids, attention_mask=mask).logits
     assert (compiled - eager).abs().max() < 1e-5
+
+
+def test_encoder_round_trip_and_one_alpha_per_layer(tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    bert = H.FAMILIES["bert"]
+    model = H.adasplash_model(bert, alpha=1.7, spread=False, per_head=False)
+    assert all(m.adasplash_alpha.logit.shape == () for _, m in attention_modules(model))
+    per_head = H.adasplash_model(bert, alpha=1.7, spread=False)
+    ids = H.tokens(2, 9)
+    with torch.no_grad():
+        assert (model(ids).logits - per_head(ids).logits).abs().max() < 1e-6
+    model.save_pretrained(tmp_path)
+    loaded = hf_adasplash.from_pretrained(str(tmp_path), model_cls=AutoModelForMaskedLM)
+    assert loaded.config.adasplash["per_head"] is False
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_load_report_is_dropped_only_when_it_lists_nothing_but_alpha():
+    import logging
+
+    from hf_adasplash.patching import _AlphaOnlyLoadReport
+
+    def record(rows):
+        msg = "LlamaForCausalLM LOAD REPORT from: x\nKey | Status |\n----+----+\n" + "\n".join(rows)
+        return logging.LogRecord("t", logging.WARNING, "", 0, msg, (), None)
+
+    f = _AlphaOnlyLoadReport()
+    alpha_row = "model.layers.{0, 1}.self_attn.adasplash_alpha.logit | UNEXPECTED |"
+    assert not f.filter(record([alpha_row]))
+    assert f.filter(record([alpha_row, "lm_head.weight | MISSING |"]))
+    assert f.filter(logging.LogRecord("t", logging.WARNING, "", 0, "something else", (), None))
