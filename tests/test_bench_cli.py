@@ -37,6 +37,7 @@ def test_bench_tiny_decode_case_writes_schema(tmp_path):
     assert case["mode"] == "decode" and case["N"] == 96 and case["family"] == "local2"
     assert 0.0 <= case["block_sparsity"] <= 1.0 and case["mean_support"] >= 1
     assert case["results"]["ours"]["fwd_ms"] > 0 and case["results"]["sdpa"]["fwd_ms"] > 0
+    assert case["results"]["ours"]["max_abs_err_vs_fp32"] < 5e-3  # fp16 inputs
     assert "not supported" in case["results"]["official"]["error"]  # decode is outside the official kernels
     ratio = case["ratio_vs_sdpa"]["fwd_ms"]["ours"]
     assert ratio == pytest.approx(case["results"]["ours"]["fwd_ms"] / case["results"]["sdpa"]["fwd_ms"], rel=1e-2)
