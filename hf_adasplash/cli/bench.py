@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 SCHEMA = "hf_adasplash.bench/1"
-BACKENDS = ("ours", "sdpa", "sdpa_flash", "sdpa_cudnn", "official")
+BACKENDS = ("ours", "sdpa", "sdpa_flash", "sdpa_cudnn", "official", "ours_graph", "sdpa_graph")
 FAMILIES = {"random": 0.0, "local1": 1.0, "local2": 2.0}
 BLOCK = 64
 
@@ -35,7 +35,8 @@ def _csv(kind):
 def build_parser(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--modes", type=_csv(str), default=["fwd", "fwd_bwd", "decode"], help="fwd, fwd_bwd, decode (comma list)")
-    a("--backends", type=_csv(str), default=list(BACKENDS), help=f"subset of {','.join(BACKENDS)}")
+    a("--backends", type=_csv(str), default=list(BACKENDS[:5]),
+      help=f"subset of {','.join(BACKENDS)} (*_graph: decode replayed from a CUDA graph)")
     a("--families", type=_csv(str), default=list(FAMILIES), help="random, local1, local2")
     a("--seqlens", type=_csv(int), default=[1024, 4096, 16384, 32768], help="prefill N (B = tokens // N)")
     a("--head-dims", type=_csv(int), default=[64, 128])
@@ -168,6 +169,20 @@ def attention_fn(backend, q, k, v, causal, alpha):
             raise NotImplementedError("not supported (needs Nq == Nk and Hq == Hkv)")
         ada = _official()
         return lambda: ada.adasplash(q, k, v, alpha=alpha, is_causal=causal)
+    if backend.endswith("_graph"):
+        # the step captured once in a CUDA graph and replayed, as serving engines run decode: GPU time only
+        if q.device.type != "cuda" or q.requires_grad:
+            raise NotImplementedError("CUDA graphs are timed for inference on CUDA only")
+        step = attention_fn(backend[: -len("_graph")], q, k, v, causal, alpha)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step()  # compile and warm up off the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        return lambda: (graph.replay(), out)[1]
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -236,6 +251,9 @@ def _ratios(results):
         if key not in ref:
             continue
         out[key] = {b: round(r[key] / ref[key], 3) for b, r in results.items() if key in r and b != "sdpa"}
+    og, sg = results.get("ours_graph", {}), results.get("sdpa_graph", {})
+    if "fwd_ms" in og and "fwd_ms" in sg:  # both replayed from CUDA graphs: GPU time against GPU time
+        out["graph_fwd_ms"] = {"ours_graph": round(og["fwd_ms"] / sg["fwd_ms"], 3)}
     return out
 
 
@@ -332,15 +350,16 @@ def plot(data, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    style = {"fwd_ms": ("o", "forward"), "fwd_bwd_ms": ("s", "forward+backward"), "decode": ("^", "decode")}
+    style = {"fwd_ms": ("o", "forward"), "fwd_bwd_ms": ("s", "forward+backward"), "decode": ("^", "decode"),
+             "graph_fwd_ms": ("v", "decode, both CUDA graphs")}
     colors = {64: "tab:blue", 128: "tab:orange"}
     seen = set()
     for r in data["cases"]:
         for key, rat in r.get("ratio_vs_sdpa", {}).items():
-            for backend, fill in (("ours", True), ("official", False)):
+            for backend, fill in (("ours", True), ("official", False), ("ours_graph", True)):
                 if backend not in rat:
                     continue
-                mk = "decode" if r["mode"] == "decode" else key
+                mk = "decode" if r["mode"] == "decode" and key == "fwd_ms" else key
                 marker, label = style[mk]
                 c = colors.get(r["D"], "tab:green")
                 lab = f"{'ours' if fill else 'official'} {label}, D={r['D']}"
