@@ -3,8 +3,9 @@
 A corpus is named by ``dataset``:
 
 * ``shakespeare`` / ``wiki``: the offline corpora of :mod:`hf_adasplash.assets` (splits ``train`` / ``test``);
-* a local file or folder of ``.txt``/``.md`` (one document per file), ``.json``/``.jsonl``, ``.csv`` or ``.parquet``
-  (split ``train``, or a slice such as ``train[:90%]``);
+* a local file or folder of ``.txt``/``.md`` (one document per file), ``.json``/``.jsonl``, ``.csv`` or ``.parquet``:
+  a file is split ``train``; a folder's splits follow the file/folder names (``train/``, ``test.txt``, ...), and
+  slices such as ``train[:90%]`` work;
 * anything else is passed to ``datasets.load_dataset(dataset, config, split=split)`` (a hub id, when online or cached).
 """
 
@@ -59,6 +60,9 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     builder = builders.pop()
     kw = {"sample_by": "document"} if builder == "text" else {}
     try:
+        if path.is_dir() and all(p.suffix != ".md" for p in files):
+            # datasets infers the splits from the names (train/, test.txt, validation-*.jsonl, ...)
+            return datasets.load_dataset(str(path), split=split, **kw)
         return datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **kw)
     except ValueError as e:  # e.g. a split other than train
         raise UserError(f"cannot read split {split!r} of local data {path}: {e}") from None

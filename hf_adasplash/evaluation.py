@@ -70,6 +70,10 @@ def load_model(name_or_path: str, attn: str = "sdpa", alpha: float | None = None
     dtype = dtype or default_dtype(device)
     if attn == "adasplash":
         model = hf_adasplash.from_pretrained(path, alpha=alpha, dtype=dtype, attn_implementation="adasplash")
+        if alpha is not None:  # from_pretrained's alpha only initialises heads the checkpoint has no value for
+            from hf_adasplash.training import set_alpha
+
+            set_alpha(model, alpha)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -57,6 +57,9 @@ def _error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:  # before transformers is imported: it reads these once
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser, subparsers = _top_parser()
     name = _chosen(argv)
     module = None
@@ -70,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"the {name!r} command is unavailable ({type(e).__name__}: {e})")
     args = parser.parse_args(argv)
     if not debug:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import transformers
+
+        transformers.logging.set_verbosity_error()
     from hf_adasplash.assets import UserError
 
     try:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-WORDS = ("the king queen speaks to his her loyal servant friend about war peace love night day crown sword "
-         "castle river storm fate honour truth").split()
+WORDS = ("the", "king", "queen", "speaks", "to", "his", "her", "loyal", "servant", "friend", "about", "war", "peace",
+         "love", "night", "day", "crown", "sword", "castle", "river", "storm", "fate", "honour", "truth")
 
 
 def _sentences(n: int, seed: int) -> list[str]:
@@ -20,12 +20,13 @@ def _sentences(n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """Folder with train.txt / test.txt (one document each) plus a jsonl copy of the training text."""
+    """Folder with ``train/doc{0..3}.txt`` and ``test/test.txt`` (one document per file): splits train and test."""
     root = tmp_path_factory.mktemp("corpus")
     (root / "train").mkdir()
+    (root / "test").mkdir()
     for i in range(4):
         (root / "train" / f"doc{i}.txt").write_text(" ".join(_sentences(150, seed=i)))
-    (root / "test.txt").write_text(" ".join(_sentences(120, seed=99)))
+    (root / "test" / "test.txt").write_text(" ".join(_sentences(120, seed=99)))
     return root
 
 

@@ -12,7 +12,7 @@ from hf_adasplash.cli.main import main
 
 def _eval(tmp_path, tiny_model, corpus, *extra):
     out = tmp_path / f"eval{len(list(tmp_path.iterdir()))}.json"
-    rc = main(["eval", "--model", str(tiny_model), "--dataset", str(corpus / "test.txt"), "--split", "train",
+    rc = main(["eval", "--model", str(tiny_model), "--dataset", str(corpus), "--split", "test",
                "--context-length", "64", "--stride", "32", "--max-tokens", "300", "-o", str(out), *extra])
     assert rc == 0
     return json.loads(out.read_text())
@@ -60,9 +60,9 @@ def test_sdpa_equals_adasplash_at_alpha_one(tmp_path, tiny_model, corpus):
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--model", "/no/such/model"], "unknown model"),
     (["eval", "--model", "{model}", "--dataset", "/no/such/data.txt"], "not found locally"),
-    (["eval", "--model", "{model}", "--dataset", "{corpus}/test.txt", "--split", "train", "--context-length", "0"],
+    (["eval", "--model", "{model}", "--dataset", "{corpus}", "--split", "test", "--context-length", "0"],
      "context length must be > 0"),
-    (["eval", "--model", "{model}", "--dataset", "{corpus}/test.txt", "--split", "train", "--text-column", "body"],
+    (["eval", "--model", "{model}", "--dataset", "{corpus}", "--split", "test", "--text-column", "body"],
      "has no column 'body'"),
     (["finetune", "--model", "{model}", "-o", "{tmp}/o", "--dataset", "{corpus}/train", "--context-length", "-5"],
      "context length must be > 0"),

@@ -1,0 +1,91 @@
+"""``hf-adasplash card``: a model card from the finetune / eval / sparsity JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import string
+from pathlib import Path
+
+from hf_adasplash.cli._common import read_json
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+
+
+def build_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="fine-tuned model folder (holds finetune.json, written by `finetune`)")
+    p.add_argument("--eval", nargs="*", default=[], metavar="JSON",
+                   help="`eval --output` results (e.g. the softmax baseline and the adasplash model)")
+    p.add_argument("--sparsity", default=None, metavar="JSON", help="`sparsity` result (sparsity.json)")
+    p.add_argument("--name", default=None, help="model name in the title (default: the folder name)")
+    p.add_argument("--license", default="apache-2.0", help="license tag (default: apache-2.0, SmolLM2's)")
+    p.add_argument("--output", "-o", default=None,
+                   help="card path (default: model_cards/<name>.md); use <model_dir>/README.md for the Hub")
+
+
+def _ppl_table(evals: list[dict]) -> str:
+    if not evals:
+        return "No evaluation given (`hf-adasplash eval ... -o eval.json`, then `card --eval eval.json`)."
+    rows = ["| attention | alpha | dataset / split | window / stride | tokens | perplexity |",
+            "|---|---|---|---|---:|---:|"]
+    for e in evals:
+        alpha = "learned" if e["attn"] == "adasplash" and e.get("alpha") is None else (e.get("alpha") or "softmax")
+        rows.append(f"| {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | {e['max_length']} / {e['stride']} | "
+                    f"{e['num_tokens']:,} | {e['perplexity']:.3f} |")
+    return "\n".join(rows)
+
+
+def _alpha_summary(alpha: list[list[float]]) -> str:
+    if not alpha:
+        return "No alpha found."
+    flat = [a for row in alpha for a in row]
+    rows = [f"{len(alpha)} layers x {len(alpha[0])} heads; mean {sum(flat) / len(flat):.3f}, min {min(flat):.3f}, "
+            f"max {max(flat):.3f}.", "", "| layer | mean | min | max |", "|---:|---:|---:|---:|"]
+    rows += [f"| {i} | {sum(r) / len(r):.3f} | {min(r):.3f} | {max(r):.3f} |" for i, r in enumerate(alpha)]
+    return "\n".join(rows)
+
+
+def _sparsity(sp: dict | None) -> str:
+    if sp is None:
+        return ("Not measured (`hf-adasplash sparsity --model <dir> -o <dir>`, then "
+                "`card --sparsity <dir>/sparsity.json`).")
+    sv = sp["savings"]
+    return "\n".join([
+        f"Measured on {sp.get('num_sequences', '?')} x {sp.get('context_length', '?')} tokens of "
+        f"{sp.get('dataset', '?')}/{sp.get('split', '?')}: **{sp['zero_fraction']:.1%}** of the visible attention "
+        f"weights are exactly zero and **{sp['block_zero_fraction']:.1%}** of the visible "
+        f"{sp['block_size']}x{sp['block_size']} tiles are all-zero (skipped by the kernels).", "",
+        f"Versus dense attention: QK^T+PV FLOPs {sv['qk_pv_flops']['saved_fraction']:.1%} saved; whole forward "
+        f"{sv['forward_flops_lower_bound']['saved_fraction']:.1%} (tau search not counted); backward "
+        f"{sv['backward_flops']['saved_fraction']:.1%}; negative = costs more."])
+
+
+def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str) -> str:
+    ft = read_json(model_dir / "finetune.json")
+    r, hw = ft["recipe"], ft.get("hardware", {})
+    return string.Template(TEMPLATE.read_text()).substitute(
+        name=name, base_model=ft["base_model"], license=license, version=hw.get("hf_adasplash", "?"),
+        model_path=str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
+        steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
+        context=r["context_length"], alpha_schedule=r["alpha_schedule"], alpha_init=r["alpha_init"],
+        alpha_target=r["alpha"], min_alpha=r["min_alpha"], max_alpha=r["max_alpha"], lr=r["lr"],
+        alpha_lr=r["alpha_lr"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup_steps"],
+        precision=ft.get("mixed_precision", "?"), processes=ft.get("num_processes", 1),
+        throughput=ft.get("tokens_per_s"), hardware=hw.get("device", "?"),
+        ppl_table=_ppl_table(evals), alpha_summary=_alpha_summary(ft["alpha"]), sparsity=_sparsity(sparsity),
+        versions=", ".join(f"{k} {hw[k]}" for k in ("hf_adasplash", "transformers", "torch") if k in hw))
+
+
+def run(args) -> int:
+    from hf_adasplash.assets import UserError
+
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "finetune.json").is_file():
+        raise UserError(f"{model_dir} has no finetune.json: point at a folder written by `hf-adasplash finetune`")
+    name = args.name or model_dir.resolve().name
+    card = render(model_dir, [read_json(p) for p in args.eval],
+                  read_json(args.sparsity) if args.sparsity else None, name, args.license)
+    out = Path(args.output) if args.output else Path("model_cards") / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(card)
+    print(f"wrote {out}")
+    return 0

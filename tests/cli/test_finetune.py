@@ -1,0 +1,120 @@
+"""`hf-adasplash finetune`: schedules, the saved model, exact --resume after SIGKILL, corrupted checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_adasplash.cli.main import main
+
+
+def _args(model, corpus, out, *extra):
+    return ["finetune", "--model", str(model), "--dataset", str(corpus), "--eval-split", "test", "--eval-blocks", "2",
+            "--context-length", "32", "--batch-size", "2", "--grad-accum", "2", "--lr", "3e-3", "--alpha-lr", "0.1",
+            "--log-every", "1", "--report-to", "none", "--no-progress", "-o", str(out), *extra]
+
+
+def _weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_learned_alpha_trains_saves_and_reloads(tmp_path, tiny_model, corpus):
+    import hf_adasplash
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_model, corpus, out, "--max-steps", "4", "--report-to", "tensorboard")) == 0
+    summary = json.loads((out / "finetune.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens"] == 4 * 2 * 2 * 32
+    assert summary["tokens_per_s"] > 0 and summary["eval"]["ppl"] > 1
+    alpha = torch.tensor(summary["alpha"])
+    assert alpha.shape == (2, 4)  # layers x heads
+    assert not torch.allclose(alpha, torch.full_like(alpha, 1.01), atol=1e-4)  # alpha was learned
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    # the saved folder restores the learned alpha exactly
+    model = hf_adasplash.from_pretrained(str(out))
+    from hf_adasplash.training import alpha_table
+
+    assert torch.allclose(torch.tensor(alpha_table(model)), alpha, atol=1e-5)
+    assert model.config._attn_implementation == "adasplash"
+
+
+def test_anneal_and_fixed_schedules_do_not_learn_alpha(tmp_path, tiny_model, corpus):
+    from hf_adasplash.training import FinetuneConfig, anneal_alpha
+
+    cfg = FinetuneConfig(alpha_init=1.01, alpha=1.5, max_steps=10, anneal_steps=4)
+    assert anneal_alpha(cfg, 0) == pytest.approx(1.01)
+    assert anneal_alpha(cfg, 2) == pytest.approx(1.255)
+    assert anneal_alpha(cfg, 9) == pytest.approx(1.5)
+    out = tmp_path / "anneal"
+    assert main(_args(tiny_model, corpus, out, "--max-steps", "3", "--alpha-schedule", "anneal", "--alpha", "1.6",
+                      "--anneal-steps", "2")) == 0
+    alpha = torch.tensor(json.loads((out / "finetune.json").read_text())["alpha"])
+    assert torch.allclose(alpha, torch.full_like(alpha, 1.6), atol=1e-5)  # reached the target, identical heads
+    out = tmp_path / "fixed"
+    assert main(_args(tiny_model, corpus, out, "--max-steps", "2", "--alpha-schedule", "fixed", "--alpha", "1.3")) == 0
+    alpha = torch.tensor(json.loads((out / "finetune.json").read_text())["alpha"])
+    assert torch.allclose(alpha, torch.full_like(alpha, 1.3), atol=1e-5)
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, "-c", "import sys; from hf_adasplash.cli.main import main; sys.exit(main(sys.argv[1:]))",
+            *args], env
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model, corpus):
+    steps = ["--max-steps", "12", "--save-every", "3", "--keep-checkpoints", "2"]
+    ref = tmp_path / "ref"
+    assert main(_args(tiny_model, corpus, ref, *steps)) == 0
+
+    out = tmp_path / "killed"
+    cmd, env = _cli(*_args(tiny_model, corpus, out, *steps)[0:], )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the step-6 checkpoint is complete once step 7 is logged
+        if line.startswith("step 7:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()
+    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-3", "step-6"]
+
+    assert main(_args(tiny_model, corpus, out, *steps, "--resume")) == 0
+    a, b = _weights(ref), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    ref_sum = json.loads((ref / "finetune.json").read_text())
+    out_sum = json.loads((out / "finetune.json").read_text())
+    assert out_sum["tokens"] == ref_sum["tokens"] and out_sum["steps"] == 12
+    assert out_sum["final_train_loss"] == pytest.approx(ref_sum["final_train_loss"], rel=1e-5)
+    assert out_sum["eval"]["loss"] == pytest.approx(ref_sum["eval"]["loss"], rel=1e-5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_the_previous_one_works(tmp_path, tiny_model, corpus, capsys):
+    out = tmp_path / "run"
+    steps = ["--max-steps", "4", "--save-every", "1", "--keep-checkpoints", "2"]
+    assert main(_args(tiny_model, corpus, out, *steps)) == 0
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    assert [p.name for p in ckpts] == ["step-2", "step-3"]
+    latest = ckpts[-1] / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a full disk
+    capsys.readouterr()
+    assert main(_args(tiny_model, corpus, out, *steps, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "step-3 is unusable: model.safetensors is truncated" in err and "step-2 is intact" in err
+    # a bit flip is caught too
+    shutil.copy(ckpts[0] / "model.safetensors", latest)
+    assert main(_args(tiny_model, corpus, out, *steps, "--resume")) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+    # the previous checkpoint resumes fine
+    assert main(_args(tiny_model, corpus, out, *steps, "--resume", str(ckpts[0]))) == 0
+    assert json.loads((out / "finetune.json").read_text())["steps"] == 4
