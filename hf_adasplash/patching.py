@@ -71,8 +71,11 @@ def _configs(model: nn.Module) -> list:
 
 
 def alpha_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The alpha logits, e.g. for their own optimiser param group (``{"params": ..., "lr": 1e-2}``)."""
-    return [p for n, p in model.named_parameters() if ALPHA_ATTR in n]
+    """The trainable alpha logits, e.g. for their own optimiser param group (``{"params": ..., "lr": 1e-2}``).
+
+    Under PEFT (``modules_to_save=["adasplash_alpha"]``) these are the adapter's copies, not the frozen originals.
+    """
+    return [p for n, p in model.named_parameters() if ALPHA_ATTR in n and p.requires_grad]
 
 
 def patch(
@@ -241,6 +244,6 @@ def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None,
     settings = {**saved, **{k: v for k, v in given.items() if v is not None}}
     patch(model, **settings)
     model._adasplash_previous_attn_implementation = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"
-    if had_alpha and "gguf_file" not in kwargs:
+    if had_alpha:
         load_alpha(model, _checkpoint_files(path_or_id, kwargs))
     return model

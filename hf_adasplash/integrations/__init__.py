@@ -1,1 +1,1 @@
-"""integrations"""
+"""Framework integrations; ``transformers``: ``attn_implementation="adasplash"`` (registered on import)."""

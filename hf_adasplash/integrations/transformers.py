@@ -28,7 +28,16 @@ NAME = "adasplash"
 DEFAULT_ALPHA = 1.5
 BACKEND_ENV = "HF_ADASPLASH_BACKEND"
 
-# Set by hf_adasplash.sparsity.sparsity_stats while it runs: called with what the dense path computes.
+# Extra score terms some models pass: alpha-entmax over the bare scores would silently drop them.
+_UNSUPPORTED_KWARGS = {
+    "s_aux": "attention sinks (s_aux)",
+    "sinks": "attention sinks (sinks)",
+    "position_bias": "an additive relative position bias (position_bias)",
+    "alibi": "an ALiBi bias (alibi)",
+    "head_mask": "a head mask (head_mask)",
+}
+
+# Set by hf_adasplash.sparsity.sparsity_stats while it runs (one at a time): called with the dense path's inputs.
 _RECORDER = None
 
 
@@ -130,8 +139,9 @@ def adasplash_attention_forward(
     if dropout and dropout > 0:
         raise _unsupported(module, f"attention dropout ({dropout})",
                            "set the config's attention dropout to 0 or call model.eval()")
-    if kwargs.get("s_aux") is not None:
-        raise _unsupported(module, "attention sinks (s_aux)", "learned sink logits are not part of alpha-entmax")
+    for name, what in _UNSUPPORTED_KWARGS.items():
+        if kwargs.get(name) is not None:
+            raise _unsupported(module, what, "alpha-entmax attention takes no extra score terms")
     cfg = getattr(module, "config", None)
     if kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False):
         raise _unsupported(module, "output_attentions=True",

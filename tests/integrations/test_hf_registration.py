@@ -160,3 +160,24 @@ def test_backend_resolution(monkeypatch):
     monkeypatch.setenv(integ.BACKEND_ENV, "cuda-please")
     with pytest.raises(ValueError, match="backend"):
         model(H.tokens(1, 4))
+
+
+@pytest.mark.parametrize("kwarg", ["position_bias", "alibi", "sinks", "head_mask"])
+def test_extra_score_terms_raise(kwarg):
+    model = H.adasplash_model(LLAMA)
+    module = hf_adasplash.patching.attention_modules(model)[0][1]
+    q, k = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 3, 16)
+    with pytest.raises(NotImplementedError, match=rf"\({kwarg}\).*LlamaAttention"):
+        integ.adasplash_attention_forward(module, q, k, k, None, **{kwarg: torch.zeros(1)})
+
+
+def test_plain_transformers_user_story_uses_the_default_alpha(tmp_path):
+    """`AutoModelForCausalLM.from_pretrained(path, attn_implementation="adasplash")` on a plain checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    H.build(LLAMA, "sdpa").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="adasplash")
+    patched = hf_adasplash.from_pretrained(str(tmp_path), alpha=integ.DEFAULT_ALPHA)
+    ids = H.tokens(2, 9)
+    with torch.no_grad():
+        assert (model(ids).logits - patched(ids).logits).abs().max() < 1e-6
