@@ -12,7 +12,6 @@ import functools
 import os
 
 import torch
-import triton
 
 from hf_adasplash.kernels.decode import decode_output_fwd_kernel, decode_reduce_kernel, decode_scores_fwd_kernel
 from hf_adasplash.kernels.entmax_rows import entmax_rows_tau_kernel
@@ -27,6 +26,14 @@ TCL = 16  # listed live tiles per step of the exact Newton passes
 MAX_ROWS_PER_PROGRAM = 64
 NEWTON_TOL = 1e-6
 NEWTON_MAX_ITERS = 40
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # plain ints: triton.cdiv is a constexpr function, slow to call from the host
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _interpret() -> bool:
@@ -51,19 +58,19 @@ def _carve(ws: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     out, off = [], 0
     for n in sizes:
         out.append(ws[off:off + n])
-        off += triton.cdiv(n, 32) * 32
+        off += _cdiv(n, 32) * 32
     return out
 
 
 def _workspace_numel(sizes: list[int]) -> int:
-    return sum(triton.cdiv(n, 32) * 32 for n in sizes)
+    return sum(_cdiv(n, 32) * 32 for n in sizes)
 
 
 def _splits(n_tiles: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
     """(tiles per split, number of splits): enough programs to fill the GPU a few times over."""
     want = max(1, (4 * _num_sms(device)) // max(1, programs_per_split))
-    tiles = max(4, triton.cdiv(n_tiles, want))
-    return tiles, triton.cdiv(n_tiles, tiles)
+    tiles = max(4, _cdiv(n_tiles, want))
+    return tiles, _cdiv(n_tiles, tiles)
 
 
 def _decode_fwd(
@@ -86,15 +93,15 @@ def _decode_fwd(
     if Nk == 0 or B == 0:
         return o.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    BR = max(16, min(triton.next_power_of_2(R), MAX_ROWS_PER_PROGRAM))
-    n_rb = triton.cdiv(R, BR)
-    BD = max(16, triton.next_power_of_2(D))
-    NT = triton.cdiv(Nk, BN)
+    BR = max(16, min(_next_pow2(R), MAX_ROWS_PER_PROGRAM))
+    n_rb = _cdiv(R, BR)
+    BD = max(16, _next_pow2(D))
+    NT = _cdiv(Nk, BN)
     split_tiles, n_splits = _splits(NT, B * HKV * n_rb, q.device)
     rows = B * HQ * NQ
     dev = q.device
     f32 = torch.float32
-    n_chunks = triton.cdiv(NT, TCH)
+    n_chunks = _cdiv(NT, TCH)
     # one allocation for every intermediate (fp32 scores, tile maxima, split stats, live-tile lists, tau, 1/sum,
     # partial outputs): a decode step is short enough for allocator calls to show
     sizes = [rows * NT * BN, rows * NT, rows * 2 * n_splits, rows * NT, rows, rows, n_chunks * rows * BD]
