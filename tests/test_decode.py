@@ -87,15 +87,17 @@ def test_decode_peaked_scores_sparse_tiles():
     assert out.abs().sum() > 0
 
 
-def test_decode_small_blocks_exercise_every_loop(monkeypatch):
+@pytest.mark.parametrize("window", [None, 150], ids=["full", "window150"])
+def test_decode_small_blocks_exercise_every_loop(monkeypatch, window):
     # tiny block constants make a short row span several tile-max blocks, live-list steps and output chunks
+    # (dense chunks for the softmax head, sparse ones for the others, skipped ones before the window)
     from hf_adasplash.ops import decode
 
     monkeypatch.setattr(decode, "TB", 2)
     monkeypatch.setattr(decode, "TCL", 2)
     monkeypatch.setattr(decode, "TCH", 2)
     q, k, v = _inputs(1, 4, 2, 2, 330, 32, torch.float32, scale_up=1.5)
-    _check(q, k, v, torch.tensor([1.0, 1.5, 1.15, 2.0]), is_causal=True)
+    _check(q, k, v, torch.tensor([1.0, 1.5, 1.15, 2.0]), is_causal=True, window=window)
 
 
 def test_decode_rejects_bad_input():
