@@ -92,7 +92,10 @@ def block_sparsity(q, k, alpha, causal, heads, max_rows=2048, rows_per_chunk=512
     empty = total = 0
     supp = []
     group_live = {}
-    for h in torch.linspace(0, Hq - 1, min(heads, Hq)).round().long().tolist():
+    picked = torch.linspace(0, Hq - 1, min(heads, Hq)).round().long().tolist()
+    if bm == 1:  # decode: every head of the picked GQA groups, since a V tile is skipped only if all of them agree
+        picked = sorted({g * G + j for h in picked for g in [h // G] for j in range(G)})
+    for h in picked:
         kh = k[0, h // G].float()
         starts = list(range(0, Nq, rows_per_chunk))
         n_pick = max(1, max_rows // rows_per_chunk)
