@@ -2,8 +2,8 @@
 
 Three phases (see ``kernels/decode.py``): split-K scores + per-tile maxima (K read once, by the whole GQA group),
 a row-wise tau solve over the stored fp32 scores (``kernels/entmax_rows.py``), and an output pass that loads only
-the V tiles holding support, then a sum over splits. The split count and every length are runtime values, so a
-growing cache does not recompile.
+the V tiles holding support, then a sum of the partial outputs. The split count and every length are runtime
+values, so a growing cache does not recompile.
 """
 
 from __future__ import annotations
@@ -172,13 +172,15 @@ def adasplash_decode_triton(
         raise ValueError(f"decode path supports head_dim 16..256, got {D}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"decode path supports float16/bfloat16/float32, got {q.dtype}")
+    # eager calls skip the custom-op dispatch (tens of microseconds per step); compiled graphs see the op
+    compiling = torch.compiler.is_compiling()
     if isinstance(alpha, torch.Tensor):
         a = alpha.detach().to(device=q.device, dtype=torch.float32)
         a = a.expand(HQ).contiguous() if a.dim() == 0 else a.contiguous()
     else:
-        a = _alpha_const(float(alpha), HQ, q.device)
-    # eager calls skip the custom-op dispatch (tens of microseconds per step); compiled graphs see the op
-    op = decode_fwd if torch.compiler.is_compiling() else _decode_fwd
+        a = torch.full((HQ,), float(alpha), device=q.device, dtype=torch.float32) if compiling else \
+            _alpha_const(float(alpha), HQ, q.device)
+    op = decode_fwd if compiling else _decode_fwd
     return op(
         q, k, v, a, bool(is_causal), float(D**-0.5 if scale is None else scale), key_padding_mask,
         int(window) if window is not None else 0, float(softcap) if softcap is not None else 0.0,
