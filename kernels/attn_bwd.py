@@ -28,7 +28,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_bwd_kernel_dq(
-    q, k, v, o, o2, do, dq, alpha, tau, ent, delta, dalpha_row, tile_gap, tile_thr,
+    q, k, v, o, o2, do, dq, alpha, tau, ent, delta, dalpha_row, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -72,7 +72,6 @@ def adasplash_bwd_kernel_dq(
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     tl.store(delta + p_row, b_delta, mask=m_row)
     b_tau = tl.load(tau + p_row, mask=m_row, other=float("inf"))
-    thr = tl.load(tile_thr + i_bh.to(tl.int64) * NMB + i_m)
 
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
     v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
@@ -88,35 +87,34 @@ def adasplash_bwd_kernel_dq(
     zs = tl.where(is_soft, LOG2E, a_m1)
     pm1 = 1.0 / a_m1 - 1.0
 
-    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
-    p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+    p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+    cnt = tl.load(tile_cnt + i_bh.to(tl.int64) * NMB + i_m)
 
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     b_dpl = tl.zeros([BM], dtype=tl.float32)  # sum dP p log2(x)
-    for n0 in range(lo, hi, BN):
-        g = tl.load(p_gap + n0 // BN)
-        if g > thr:
-            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                    k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                                    HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-            o_n = n0 + tl.arange(0, BN)
-            # [BD, BN]
-            b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
-                           mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
-            # [BM, BN]
-            b_x = b_z - b_tau[:, None]
-            if is_soft:
-                b_p = tl.exp2(b_x)
-                b_u = b_p
-            else:
-                b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-                b_u = entmax_u(b_x, pm1)
-                b_p = b_u * b_x
-            b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
-            b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
-            b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
-            if NEED_DALPHA:
-                b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * tl.log2(b_x), 0.0), 1)
+    for j in range(0, cnt):
+        n0 = tl.load(p_idx + j) * BN
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                               k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                               HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        o_n = n0 + tl.arange(0, BN)
+        # [BD, BN]
+        b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
+                       mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
+        # [BM, BN]
+        b_x = b_z - b_tau[:, None]
+        if is_soft:
+            b_p = tl.exp2(b_x)
+            b_u = b_p
+        else:
+            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
+            b_u = entmax_u(b_x, pm1)
+            b_p = b_u * b_x
+        b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
+        b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
+        b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
+        if NEED_DALPHA:
+            b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * tl.log2(b_x), 0.0), 1)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if NEED_DALPHA:
         b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
@@ -128,9 +126,29 @@ def adasplash_bwd_kernel_dq(
         tl.store(dalpha_row + p_row, b_da, mask=m_row)
 
 
+@triton.jit
+def compact_q_blocks(p_gap, stride_gap, p_thr, p_out, n0, Nq, Nk, off, W, start, end, BM: tl.constexpr,
+                     BN: tl.constexpr, CH: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     HAS_POS: tl.constexpr):
+    """Query blocks in [start, end) whose forward list holds the key tile at n0; returns their count."""
+    cnt = start * 0
+    for c0 in range(start, end, CH):
+        o_c = c0 + tl.arange(0, CH)
+        m_c = o_c < end
+        b_m0 = o_c * BM
+        lo, hi = kv_range(b_m0, tl.minimum(b_m0 + BM, Nq) - 1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+        m_c = m_c & (n0 >= lo) & (n0 < hi)
+        b_g = tl.load(p_gap + o_c.to(tl.int64) * stride_gap, mask=m_c, other=float("-inf"))
+        b_keep = m_c & (b_g > tl.load(p_thr + o_c, mask=m_c, other=float("inf")))
+        b_k = b_keep.to(tl.int32)
+        tl.store(p_out + cnt + tl.cumsum(b_k, 0) - 1, o_c, mask=b_keep)
+        cnt += tl.sum(b_k, 0)
+    return cnt
+
+
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_bwd_kernel_dkv(
-    q, k, v, do, dk, dv, alpha, tau, delta, tile_gap, tile_thr,
+    q, k, v, do, dk, dv, alpha, tau, delta, tile_gap, tile_thr, q_list,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -139,7 +157,7 @@ def adasplash_bwd_kernel_dkv(
     stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
 ):
     i_n, i_bhk = tl.program_id(0), tl.program_id(1)
     i_b, i_hk = i_bhk // (H // G), i_bhk % (H // G)
@@ -177,6 +195,7 @@ def adasplash_bwd_kernel_dkv(
 
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    p_list = q_list + (i_bhk.to(tl.int64) * NKB + i_n) * NMB
     mlo, mhi = q_range(n0, tl.minimum(n1, Nk - 1), Nq, off, W, BM, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     for i_g in range(G):
         i_h = i_hk * G + i_g
@@ -189,48 +208,47 @@ def adasplash_bwd_kernel_dkv(
         q_base = q + i_b64 * stride_qb + i_h * stride_qh
         do_base = do + i_b64 * stride_ob + i_h * stride_oh
         r_base = i_b64 * stride_rb + i_h * stride_rh + bos_q
+        # this key block's query blocks: forward visited the tile (its range) and the gap beats the threshold
         p_gap = tile_gap + i_bh.to(tl.int64) * NMB * NKB + i_n
         p_thr = tile_thr + i_bh.to(tl.int64) * NMB
-        for m0 in range(mlo, mhi, BM):
-            i_m = m0 // BM
+        tl.debug_barrier()  # the previous head's list is fully read before it is overwritten
+        cnt = compact_q_blocks(p_gap, NKB, p_thr, p_list, n0, Nq, Nk, off, W, mlo // BM, tl.cdiv(mhi, BM), BM,
+                               BN, CH, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+        tl.debug_barrier()
+        for j in range(0, cnt):
+            m0 = tl.load(p_list + j) * BM
             m1 = tl.minimum(m0 + BM, Nq) - 1
-            # only tiles the forward visited have a gap; the others hold no visible entry
-            lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
-            listed = (n0 >= lo) & (n0 < hi)
-            if listed:
-                listed = tl.load(p_gap + i_m * NKB) > tl.load(p_thr + i_m)
-            if listed:
-                o_m = m0 + tl.arange(0, BM)
-                m_row = o_m < Nq
-                o_tok = (bos_q + o_m).to(tl.int64)
-                m_dq = m_d[:, None] & m_row[None, :]
-                # [BD, BM]
-                b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
-                b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
-                # [BM]
-                b_tau = tl.load(tau + r_base + o_m, mask=m_row, other=float("inf"))
-                b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
-                # [BN, BM]
-                b_z = dot_to_z(tl.dot(b_k, b_qt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
-                if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
-                    b_qp = o_m
-                    if HAS_POS:
-                        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
-                    vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
-                                  b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
-                    b_z = tl.where(vis, b_z, float("-inf"))
-                b_x = b_z - b_tau[None, :]
-                if is_soft:
-                    b_p = tl.exp2(b_x)
-                    b_u = b_p
-                else:
-                    b_x = tl.maximum(b_x, 0.0)
-                    b_u = entmax_u(b_x, pm1)
-                    b_p = b_u * b_x
-                b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
-                b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)
-                b_ds = softcap_grad(b_z, b_u * (b_dpt - b_delta[None, :]), softcap, zs, HAS_SOFTCAP)
-                b_dk += tl.dot(b_ds.to(b_qt.dtype), tl.trans(b_qt), input_precision=DOT_PREC)
+            o_m = m0 + tl.arange(0, BM)
+            m_row = o_m < Nq
+            o_tok = (bos_q + o_m).to(tl.int64)
+            m_dq = m_d[:, None] & m_row[None, :]
+            # [BD, BM]
+            b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
+            b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
+            # [BM]
+            b_tau = tl.load(tau + r_base + o_m, mask=m_row, other=float("inf"))
+            b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
+            # [BN, BM]
+            b_z = dot_to_z(tl.dot(b_k, b_qt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
+            if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
+                b_qp = o_m
+                if HAS_POS:
+                    b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+                vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
+                              b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
+                b_z = tl.where(vis, b_z, float("-inf"))
+            b_x = b_z - b_tau[None, :]
+            if is_soft:
+                b_p = tl.exp2(b_x)
+                b_u = b_p
+            else:
+                b_x = tl.maximum(b_x, 0.0)
+                b_u = entmax_u(b_x, pm1)
+                b_p = b_u * b_x
+            b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
+            b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+            b_ds = softcap_grad(b_z, b_u * (b_dpt - b_delta[None, :]), softcap, zs, HAS_SOFTCAP)
+            b_dk += tl.dot(b_ds.to(b_qt.dtype), tl.trans(b_qt), input_precision=DOT_PREC)
     tl.store(dk + i_b64 * stride_dkb + i_hk * stride_dkh + o_ktok[:, None] * stride_dkn + o_d[None, :],
              (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
     tl.store(dv + i_b64 * stride_dvb + i_hk * stride_dvh + o_ktok[:, None] * stride_dvn + o_d[None, :],

@@ -16,11 +16,11 @@ C. Output over the remaining tiles: ``O = P V`` and, when a backward follows, ``
 
 import triton
 import triton.language as tl
-from hf_adasplash.kernels.attn_utils import dot_to_z, entmax_u, kv_range, tile_needs_mask, visible
+from hf_adasplash.kernels.attn_utils import compact, dot_to_z, entmax_u, kv_range, tile_needs_mask, visible
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-TAU_TOL = tl.constexpr(9.5367431640625e-07)  # 2^-20, relative to max(1, |tau|): the step after it is below fp32 resolution
+TAU_TOL = tl.constexpr(2.44140625e-04)  # 2^-12 relative: Newton's next step would be ~1e-8, below fp32 resolution
 SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
 
 
@@ -50,7 +50,7 @@ def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_kernel(
-    q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr,
+    q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -59,7 +59,7 @@ def adasplash_fwd_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
-    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
+    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -103,6 +103,7 @@ def adasplash_fwd_kernel(
 
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+    p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_m) * NKB
 
     # ---- A: row max, tile gaps (and the softmax normaliser) -------------------------------------------------
     b_m = tl.full([BM], float("-inf"), tl.float32)
@@ -134,66 +135,74 @@ def adasplash_fwd_kernel(
     else:
         b_tau = tl.where(row_ok, b_m - 1.0, float("inf"))
         thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+    # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
+    tl.debug_barrier()
+    cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
+    tl.debug_barrier()
+    if is_soft:
+        cnt += 0
+    else:
         it = 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
             b_s0 = tl.zeros([BM], dtype=tl.float32)
             b_s1 = tl.zeros([BM], dtype=tl.float32)
-            for n0 in range(lo, hi, BN):
-                g = tl.load(p_gap + n0 // BN)
-                if g > thr:
-                    b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                            k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
-                                            HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-                    # [BM, BN]
-                    b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
-                    b_u = entmax_u(b_x, pm1)
-                    b_s0 += tl.sum(b_u * b_x, 1)
-                    b_s1 += tl.sum(b_u, 1)
+            for j in range(0, cnt):
+                n0 = tl.load(p_idx + j) * BN
+                b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                                       k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
+                                       HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+                # [BM, BN]
+                b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
+                b_u = entmax_u(b_x, pm1)
+                b_s0 += tl.sum(b_u * b_x, 1)
+                b_s1 += tl.sum(b_u, 1)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
             b_step = (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1
             b_step = tl.where(ok, tl.maximum(b_step, 0.0), 0.0)
             b_tau += b_step
-            thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
             it += 1
             go = (it < MAX_ITERS) & (tl.max(b_step / tl.maximum(tl.abs(b_tau), 1.0), 0) > TAU_TOL)
+        # tau only grew: keep the tiles that still beat the final threshold (in place, order kept)
+        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
+        tl.debug_barrier()
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     b_o = tl.zeros([BM, BD], dtype=tl.float32)
     b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
     b_su = tl.zeros([BM], dtype=tl.float32)
     b_ent = tl.zeros([BM], dtype=tl.float32)
-    for n0 in range(lo, hi, BN):
-        g = tl.load(p_gap + n0 // BN)
-        if g > thr:
-            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                    k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                                    HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-            o_n = n0 + tl.arange(0, BN)
-            # [BN, BD]
-            b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
-                          mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
-            # [BM, BN]
-            b_x = b_z - b_tau[:, None]
+    for j in range(0, cnt):
+        n0 = tl.load(p_idx + j) * BN
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                               kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                               HAS_SOFTCAP, DOT_PREC)
+        o_n = n0 + tl.arange(0, BN)
+        # [BN, BD]
+        b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
+                      mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
+        # [BM, BN]
+        b_x = b_z - b_tau[:, None]
+        if is_soft:
+            b_p = tl.exp2(b_x)
+            b_u = b_p
+        else:
+            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
+            b_u = entmax_u(b_x, pm1)
+            b_p = b_u * b_x
+            if NEED_ENT:
+                b_ent += tl.sum(tl.where(b_x > 0, b_p * tl.log2(b_x), 0.0), 1)
+        b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+        if NEED_BWD:
+            # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
             if is_soft:
-                b_p = tl.exp2(b_x)
-                b_u = b_p
+                b_su += 0.0
             else:
-                b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-                b_u = entmax_u(b_x, pm1)
-                b_p = b_u * b_x
-                if NEED_ENT:
-                    b_ent += tl.sum(tl.where(b_x > 0, b_p * tl.log2(b_x), 0.0), 1)
-            b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-            if NEED_BWD:
-                # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
-                if is_soft:
-                    b_su += 0.0
-                else:
-                    b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-                    b_su += tl.sum(b_u, 1)
+                b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+                b_su += tl.sum(b_u, 1)
 
     o_ptrs = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
     tl.store(o + o_ptrs, b_o.to(o.dtype.element_ty), mask=m_qd)
@@ -206,6 +215,7 @@ def adasplash_fwd_kernel(
         p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
         tl.store(tau + p_row, b_tau, mask=m_row)
         tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)
+        tl.store(tile_cnt + i_bh.to(tl.int64) * NMB + i_m, cnt)
         if NEED_ENT:
             # sum p log p, log p = ln(x) / (alpha - 1)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)

@@ -119,3 +119,31 @@ def entmax_u(b_x, pm1):
     else:
         b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
     return b_u
+
+
+@triton.jit
+def compact(p_val, stride_val, p_thr, thr, p_idx, p_out, start, end, CH: tl.constexpr, THR_VEC: tl.constexpr,
+            GATHER: tl.constexpr):
+    """Writes to ``p_out`` the indices i in [start, end) whose value beats the threshold; returns their count.
+
+    Values are ``p_val[i * stride_val]`` (or ``p_val[p_idx[i] * stride_val]`` with ``GATHER``, indices then being
+    ``p_idx[i]``); the threshold is the scalar ``thr`` or ``p_thr[index]`` (``THR_VEC``). In place is allowed
+    (``p_out == p_idx``): an entry is written at or before the position it was read from.
+    """
+    cnt = start * 0
+    for c0 in range(start, end, CH):
+        o_c = c0 + tl.arange(0, CH)
+        m_c = o_c < end
+        o_i = o_c
+        if GATHER:
+            o_i = tl.load(p_idx + o_c, mask=m_c, other=0)
+            tl.debug_barrier()  # every thread has read this chunk before any compacted entry overwrites it
+        b_g = tl.load(p_val + o_i.to(tl.int64) * stride_val, mask=m_c, other=float("-inf"))
+        if THR_VEC:
+            b_keep = m_c & (b_g > tl.load(p_thr + o_i, mask=m_c, other=float("inf")))
+        else:
+            b_keep = m_c & (b_g > thr)
+        b_k = b_keep.to(tl.int32)
+        tl.store(p_out + cnt + tl.cumsum(b_k, 0) - 1, o_i, mask=b_keep)
+        cnt += tl.sum(b_k, 0)
+    return cnt

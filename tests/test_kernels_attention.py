@@ -182,7 +182,7 @@ def _local_inputs(N, D, pos=4.0):
 def test_tiles_are_skipped_and_result_is_exact():
     q, k, v = _local_inputs(128, 32)
     a = torch.full((2,), 1.5)
-    out, o2, tau, ent, gap, thr = torch.ops.hf_adasplash.attn_fwd(
+    out, o2, tau, ent, gap, thr, idx, cnt = torch.ops.hf_adasplash.attn_fwd(
         q, k, v, a, None, None, None, None, None, 128, 128, True, 32**-0.5, -1, 0.0, True, False)
     visited = ~torch.isnan(gap)  # tiles the forward never visits keep their NaN poison
     listed = gap > thr[..., None]

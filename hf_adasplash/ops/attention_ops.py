@@ -13,7 +13,7 @@ import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel
-from hf_adasplash.ops.tiling import MAX_TAU_ITERS, tiles
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
 
 
 def _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
@@ -76,8 +76,10 @@ def attn_fwd(
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
     need_bwd: bool, need_ent: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (o, o2, tau, ent, tile_gap, tile_thr); o2/tau/ent/tile_thr are empty unless needed."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Returns (o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt); all but o and the tile scratch are
+    empty unless a backward follows (ent: unless alpha needs a gradient)."""
     q, k, v = _last_dim_contiguous(q, k, v)
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
@@ -90,15 +92,17 @@ def attn_fwd(
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
     tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
+    tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
+    tile_cnt = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32, device=q.device)
     if q.numel() == 0 or NMB == 0:
-        return o, o2, tau, ent, tile_gap, tile_thr
+        return o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt
     qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
     cu_q = cu_seqlens_q if varlen else qp
     cu_k = cu_seqlens_k if varlen else qp
     r_b, r_h = _row_strides(rows, varlen)
     adasplash_fwd_kernel[(NMB, B * Hq)](
         q=q, k=k, v=v, o=o, o2=o2, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
-        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
+        tile_idx=tile_idx, tile_cnt=tile_cnt, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
         stride_kb=strides(k)[0], stride_kh=strides(k)[1], stride_kn=strides(k)[2],
@@ -106,11 +110,11 @@ def attn_fwd(
         stride_ob=strides(o)[0], stride_oh=strides(o)[1], stride_on=strides(o)[2],
         stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
-        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS,
+        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
         num_warps=t.fwd_warps, num_stages=t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
-    return o, o2, tau, ent, tile_gap, tile_thr
+    return o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt
 
 
 @attn_fwd.register_fake
@@ -127,6 +131,8 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
         torch.empty_like(rows) if need_ent else rows.new_empty(0),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
         q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
+        q.new_empty((B * Hq, NMB, NKB), dtype=torch.int32),
+        q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32),
     )
 
 
@@ -134,6 +140,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
 def attn_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, o2: torch.Tensor,
     alpha: torch.Tensor, tau: torch.Tensor, ent: torch.Tensor, tile_gap: torch.Tensor, tile_thr: torch.Tensor,
+    tile_idx: torch.Tensor, tile_cnt: torch.Tensor,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
@@ -160,7 +167,7 @@ def attn_bwd(
     r_b, r_h = _row_strides(tau, varlen)
     flags = _flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q)
     common = dict(
-        q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta, tile_gap=tile_gap, tile_thr=tile_thr,
+        q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta,
         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
@@ -173,7 +180,8 @@ def attn_bwd(
     )
     # dq first: it also writes delta, which the dk/dv kernel reads.
     adasplash_bwd_kernel_dq[(NMB, B * Hq)](
-        o=o, o2=o2, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, NEED_DALPHA=need_dalpha, **common,
+        o=o, o2=o2, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
+        NEED_DALPHA=need_dalpha, **common,
     )
     if need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics
@@ -181,7 +189,8 @@ def attn_bwd(
     if NKB == 0:
         return dq, dk, dv, dalpha
     adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
-        do=do, dk=dk, dv=dv,
+        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK,
+        q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
         stride_dkb=strides(dk)[0], stride_dkh=strides(dk)[1], stride_dkn=strides(dk)[2],
         stride_dvb=strides(dv)[0], stride_dvh=strides(dv)[1], stride_dvn=strides(dv)[2],
         **common,
@@ -198,7 +207,7 @@ def _like(t, ref):
 
 
 @attn_bwd.register_fake
-def _(do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos,
-      key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha):
+def _(do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
+      q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             alpha.new_empty(alpha.shape) if need_dalpha else alpha.new_empty(0))

@@ -9,6 +9,7 @@ import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_TAU_ITERS = 30
+LIST_CHUNK = 64  # tiles compared per step when building a tile list
 
 
 @dataclass(frozen=True)
