@@ -51,6 +51,37 @@ def _unsupported(module, option: str, hint: str) -> NotImplementedError:
     return NotImplementedError(f"attn_implementation='adasplash' cannot honour {option} in {_where(module)}: {hint}")
 
 
+# Mask patterns the key-validity mask + (causal, window, packing) already express. Anything else (or-ed
+# overlays such as bidirectional image tokens, chunked attention, custom functions) is refused, not dropped.
+_KNOWN_MASK_PARTS = ("causal_mask_function", "bidirectional_mask_function", "sliding_window_overlay",
+                     "sliding_window_bidirectional_overlay", "and_masks", "packed_sequence_mask_function",
+                     "remap_positions_for_packed_sequence")
+
+
+def _mask_parts(fn, depth: int = 0) -> set[str]:
+    """Qualified names of a Transformers mask function and the functions it closes over."""
+    names = {getattr(fn, "__qualname__", type(fn).__name__)}
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            val = cell.cell_contents
+        except ValueError:
+            continue
+        for f in val if isinstance(val, tuple) else (val,):
+            if callable(f) and depth < 8:
+                names |= _mask_parts(f, depth + 1)
+    return names
+
+
+def _check_mask_function(mask_function, config) -> None:
+    unknown = sorted(n for n in _mask_parts(mask_function) if not n.startswith(_KNOWN_MASK_PARTS))
+    if unknown:
+        model_type = getattr(config, "model_type", "unknown")
+        raise NotImplementedError(
+            f"attn_implementation='adasplash' cannot honour the attention pattern {unknown} of model_type="
+            f"{model_type!r}: only causal/bidirectional, sliding-window, padding and packed masks are supported"
+        )
+
+
 def adasplash_mask(
     batch_size: int,
     q_length: int,
@@ -66,6 +97,8 @@ def adasplash_mask(
 
     Built without device syncs (no ``.all()``), so it is safe under ``torch.compile`` and CUDA graphs.
     """
+    if mask_function is not None:
+        _check_mask_function(mask_function, kwargs.get("config"))
     if attention_mask is None and kv_length == q_length:
         return None  # no padding, no cache slots: causal (or full) attention over K == Q
     if device is None:

@@ -181,3 +181,16 @@ def test_plain_transformers_user_story_uses_the_default_alpha(tmp_path):
     ids = H.tokens(2, 9)
     with torch.no_grad():
         assert (model(ids).logits - patched(ids).logits).abs().max() < 1e-6
+
+
+def test_mask_patterns_beyond_causal_window_padding_packing_raise():
+    from transformers import masking_utils as mu
+
+    cfg = LLAMA.config()
+    for ok in (mu.causal_mask_function, mu.sliding_window_causal_mask_function(4), mu.bidirectional_mask_function):
+        integ.adasplash_mask(1, 4, 4, mask_function=ok, config=cfg)
+    image_tokens = mu.or_masks(mu.causal_mask_function, lambda b, h, q, kv: kv < 2)  # e.g. bidirectional images
+    chunked = mu.chunked_causal_mask_function(4, torch.zeros(1, dtype=torch.long))
+    for bad, what in ((image_tokens, "or_mask"), (chunked, "chunked_overlay")):
+        with pytest.raises(NotImplementedError, match=rf"{what}.*'llama'"):
+            integ.adasplash_mask(1, 4, 4, mask_function=bad, config=cfg)
