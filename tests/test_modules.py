@@ -168,3 +168,37 @@ def test_module_bad_inputs():
         AdaptiveSplashAttention(16, k_keep=2, num_heads=3)(q, k, v)
     with pytest.raises(TypeError, match="v must be a torch.Tensor"):
         AdaptiveSplashAttention(16, k_keep=2)(q, k, None)
+
+
+def _stability_main():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stability_run.py"
+    spec = importlib.util.spec_from_file_location("stability_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+TINY = ["--device", "cpu", "--dim", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq", "16",
+        "--batch", "2", "--vocab", "16", "--log-every", "10"]
+
+
+def test_stability_run_smoke(tmp_path):
+    import json
+
+    out = tmp_path / "s.json"
+    summary = _stability_main()(["--steps", "50", "--out", str(out), *TINY])
+    assert summary["passed"] and summary["steps_completed"] == 50 and summary["first_failure"] is None
+    saved = json.loads(out.read_text())
+    assert saved["nan_free_steps"] == 50 and len(saved["log"]) == 5
+    assert all(1.001 <= a <= 2.0 for layer in saved["final_alpha"] for a in layer)
+    assert saved["final_alpha"] != [[1.5, 1.5]]  # alpha was trained
+
+
+def test_stability_run_detects_divergence(tmp_path):
+    # A learning rate of 1e30 must blow up within a few steps: the per-step checks catch it and stop.
+    summary = _stability_main()(["--steps", "50", "--lr", "1e30", "--out", str(tmp_path / "s.json"), *TINY])
+    assert not summary["passed"] and summary["first_failure"]["step"] < 50
+    assert summary["nan_free_steps"] == summary["first_failure"]["step"] - 1
