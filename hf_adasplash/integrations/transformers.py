@@ -8,7 +8,8 @@ from non-monotone ``position_ids`` (batch 1), as for FlashAttention, and run thr
 
 Positions: queries are the newest tokens. With ``Q == K`` positions are ``arange``; with ``Q < K`` (decode,
 chunked prefill, static cache) query ``i`` of row ``b`` sits at ``last_valid_key[b] - Q + 1 + i`` (bottom-right
-aligned on the valid keys; for dynamic caches this is plain bottom-right alignment).
+aligned on the valid keys; for dynamic caches this is plain bottom-right alignment). So a query chunk that is
+itself right-padded *and* follows cached tokens is misaligned (generation never produces one).
 
 alpha, in order: ``module.adasplash_alpha()`` (an :class:`~hf_adasplash.modules.AlphaParameter` attached by
 :func:`hf_adasplash.patch`), else ``config.adasplash["alpha"]`` (a fixed float for every head), else 1.5.

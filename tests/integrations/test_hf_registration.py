@@ -194,3 +194,11 @@ def test_mask_patterns_beyond_causal_window_padding_packing_raise():
     for bad, what in ((image_tokens, "or_mask"), (chunked, "chunked_overlay")):
         with pytest.raises(NotImplementedError, match=rf"{what}.*'llama'"):
             integ.adasplash_mask(1, 4, 4, mask_function=bad, config=cfg)
+
+
+def test_patch_refuses_models_outside_the_attention_interface():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    model = BloomForCausalLM(BloomConfig(vocab_size=128, hidden_size=64, n_layer=1, n_head=4))
+    with pytest.raises(NotImplementedError, match=r"BloomForCausalLM.*'bloom'.*AttentionInterface"):
+        hf_adasplash.patch(model)
