@@ -163,6 +163,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     out = Path(cfg.output_dir)
     mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(
+        # Without CUDA, processes started by `accelerate launch --multi_gpu`/torchrun form a gloo (MULTI_CPU) group.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mp,
         # Epochs are cut to whole accumulation windows, so syncing at the loader's end is never needed; this
         # keeps the micro-step -> optimizer-step mapping identical after --resume.
@@ -186,8 +188,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         f"accumulation {cfg.grad_accum} x {accelerator.num_processes} processes")
     model = _build_model(cfg, path)
     optimizer = _optimizer(cfg, model)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=cfg.max_steps)
+    # The prepared scheduler steps once per process per optimizer step (Accelerate's convention): scale to match.
+    n = accelerator.num_processes
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps * n,
+                              num_training_steps=cfg.max_steps * n)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     eval_loader = None
     if evals is not None:
@@ -263,7 +267,8 @@ def _log(accelerator, unwrapped, step, loss, scheduler, state) -> dict:
            "alpha/mean": sum(flat) / len(flat), "alpha/max": max(flat), "train/tokens": state["tokens"]}
     log.update({f"alpha/layer_{i:02d}": sum(r) / len(r) for i, r in enumerate(alphas)})
     accelerator.log(log, step=step)
-    state["history"].append({"step": step, "loss": round(loss, 5), "alpha_mean": round(log["alpha/mean"], 5)})
+    state["history"].append({"step": step, "loss": round(loss, 5), "lr": log["train/lr"],
+                             "alpha_mean": round(log["alpha/mean"], 5)})
     accelerator.print(f"step {step}: loss {loss:.4f}  ppl {log['train/ppl']:.2f}  alpha mean {log['alpha/mean']:.4f} "
                       f"max {log['alpha/max']:.4f}  lr {log['train/lr']:.2e}")
     return log

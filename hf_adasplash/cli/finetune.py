@@ -86,11 +86,13 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from accelerate import PartialState
+
     from hf_adasplash.training import finetune
 
     summary = finetune(config_from_args(args))
     ev = summary["eval"] or {}
-    if ev:
+    if ev and PartialState().is_main_process:
         console().print(f"[bold]eval ppl {ev['ppl']:.2f}[/], {summary['tokens']:,} tokens at "
                         f"{summary['tokens_per_s']} tok/s; model saved to {args.output_dir}")
     return 0
