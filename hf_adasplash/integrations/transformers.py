@@ -151,6 +151,15 @@ def _packed_from_position_ids(position_ids: torch.Tensor | None, batch: int, q_l
     return torch.cat([starts, total]).to(torch.int32)
 
 
+def _same_dtype(q, k, v):
+    """Under autocast RoPE leaves q/k in fp32 while v is bf16: compute in the autocast dtype (as FlashAttention)."""
+    if q.dtype == k.dtype == v.dtype:
+        return q, k, v
+    dev = q.device.type
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else v.dtype
+    return q.to(dt), k.to(dt), v.to(dt)
+
+
 def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, alpha, **kw) -> torch.Tensor:
     B = q.shape[0]
     # [B, H, T, D] -> [B*T, H, D] (B is 1 for position_ids packing; cu_seq_lens index the flattened tokens)
@@ -192,6 +201,7 @@ def adasplash_attention_forward(
     opts = {"scale": scaling, "window": int(window) if window else None, "softcap": softcap or None,
             "backend": _resolve_backend(module)}
     alpha = _resolve_alpha(module)
+    query, key, value = _same_dtype(query, key, value)
     B, _, Q, _ = query.shape
     K = key.shape[2]
 

@@ -113,10 +113,10 @@ def test_peft_lora_trains_alpha_and_saves_it_with_the_adapter(tmp_path):
         assert torch.equal(model.eval()(ids).logits, reloaded(ids).logits)
 
 
-def test_accelerate_training_step_with_alpha_param_group():
+def test_accelerate_bf16_training_step_with_alpha_param_group():
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")  # autocast: q/k/v reach the attention in bf16
     model = H.adasplash_model(LLAMA).train()
     alpha = hf_adasplash.alpha_parameters(model)
     others = [p for n, p in model.named_parameters() if "adasplash_alpha" not in n]
@@ -126,6 +126,7 @@ def test_accelerate_training_step_with_alpha_param_group():
     accelerator.backward(_loss(model, H.tokens(2, 8)))
     opt.step()
     assert all(not torch.equal(before[n], v) for n, v in _alpha_state(model).items())
+    assert all(p.dtype == torch.float32 for p in hf_adasplash.alpha_parameters(model))
     assert accelerator.unwrap_model(model).config._attn_implementation == "adasplash"
 
 
