@@ -81,3 +81,15 @@ def test_triton_autocast_bf16_training_step(monkeypatch):
     got, want = _pair(monkeypatch, H.FAMILIES["llama"], torch.float32, grads)
     assert torch.isfinite(got).all() and got.abs().max() > 0
     assert (got - want).abs().max() < 5e-2 * want.abs().max()
+
+
+def test_torch_compile_with_triton_backend(monkeypatch):
+    monkeypatch.setenv(integ.BACKEND_ENV, "triton")
+    model = H.adasplash_model(H.FAMILIES["llama"]).cuda()
+    ids = H.tokens(2, 40).cuda()
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask).logits
+        compiled = torch.compile(model)(input_ids=ids, attention_mask=mask).logits
+    assert (compiled - eager).abs().max() < 1e-3 * eager.abs().max()
