@@ -87,12 +87,13 @@ def _triton_cases() -> list[Case]:
         for d in (32, 64):
             for dt in ("f32", "f16"):
                 alpha = MIXES[i % 2] if i % 3 == 2 else ALPHAS[i % len(ALPHAS)]
-                cases.append(Case(B=1, Hq=2, Hkv=1, Nq=n, Nk=n, D=d, dtype=dt, alpha=alpha, causal=bool(i % 2)))
+                cases.append(Case(B=1, Hq=4, Hkv=2, Nq=n, Nk=n, D=d, dtype=dt, alpha=alpha, causal=bool(i % 2)))
                 i += 1
-    cases.append(Case(B=1, Hq=4, Hkv=2, Nq=9, Nk=7, D=32, alpha=MIXES[1], causal=True, padding="batch"))
+    cases.append(Case(B=2, Hq=4, Hkv=2, Nq=9, Nk=7, D=32, alpha=MIXES[1], causal=True, padding="batch"))
     cases.append(Case(B=1, Hq=4, Hkv=2, Nq=5, Nk=40, D=32, alpha=MIXES[0], causal=True))
     cases.append(Case(B=1, Hq=2, Hkv=2, Nq=33, Nk=33, D=64, alpha=1.5, causal=True, score_scale=1e4))
     cases.append(Case(B=1, Hq=4, Hkv=2, Nq=20, Nk=20, D=32, alpha=1.25, causal=True, layout="transposed"))
+    cases.append(Case(B=2, Hq=4, Hkv=2, Nq=20, Nk=20, D=32, alpha=1.25, causal=True, layout="expanded"))
     return cases
 
 
@@ -209,9 +210,11 @@ def _check(c: Case, backend: str, device: str = "cpu"):
         dead = ~_visible(c, kpm).any(-1).expand(c.B, c.Hq, c.Nq)
         assert (out[dead] == 0).all()
     if g is not None:
+        # rounding floor: a few ulps of the largest gradient (dq can be ~0 where rows are one-hot, dv never is)
+        gmax = max(t.abs().max().item() for t in truth_g)
         for name, a, t, b in zip("qkv", g, truth_g, base_g):
             assert torch.isfinite(a).all(), f"non-finite d{name}"
-            _within(a, t, b, floor * (1 + t.abs().max().item()), f"d{name}")
+            _within(a, t, b, floor * (1 + gmax), f"d{name}")
 
 
 def _within(x, truth, base, floor, what):
@@ -231,8 +234,23 @@ def test_reference(case):
     _check(case, "reference")
 
 
+# Known kernel defects found by this matrix, kept visible: strict xfail turns into a failure once fixed.
+KNOWN_TRITON = {
+    "B2H4-2-q9k7-d32-f32-mix1-causal-pad-batch": "alpha=1.0001 head: fp32 x**(1/(alpha-1)) loses ~eps/(alpha-1); "
+    "out error 1.5e-3 vs 3e-4 for the fp32 baseline (the reference's log1p form gets 4e-7)",
+    "B1H2-2-q33k33-d64-f32-a1.5-causal-s10000": "one-hot rows at |s|~1e4: dS = u (dP - dO.O2) does not cancel "
+    "exactly, |q|~1e4 amplifies it: dk error 1.3e-3 where the truth (and the reference) is exactly 0",
+    "B2H4-2-q20k20-d32-f32-a1.25-causal-expanded": "stride-0 (expanded) batch: dq comes back non-finite",
+}
+
+
+def _marked(cases):
+    return [pytest.param(c, id=c.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_TRITON[c.id]))
+            if c.id in KNOWN_TRITON else pytest.param(c, id=c.id) for c in cases]
+
+
 @pytest.mark.skipif(not HAS_TRITON or ON_GPU or not INTERPRET, reason="Triton interpreter slice (CPU only)")
-@pytest.mark.parametrize("case", TRITON_CASES, ids=[c.id for c in TRITON_CASES])
+@pytest.mark.parametrize("case", _marked(TRITON_CASES))
 def test_triton_interpreter(case):
     _check(case, "triton")
 
@@ -247,8 +265,8 @@ def test_triton_gpu(case):
 VARLEN = [([3, 0, 5, 1], [4, 0, 5, 2]), ([0, 7], [0, 9]), ([63, 1, 64], [63, 0, 65]), ([2, 3], [0, 3])]
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("dtype", ["f64", "f32", "f16"])
+@pytest.mark.parametrize("backend,dtype", [("reference", "f64"), ("reference", "f32"), ("reference", "f16"),
+                                           ("triton", "f32"), ("triton", "f16")])
 @pytest.mark.parametrize("lens", VARLEN, ids=lambda lens: "q" + "_".join(map(str, lens[0])) + "-k" +
                          "_".join(map(str, lens[1])))
 def test_varlen_empty_segments(lens, dtype, backend):
