@@ -19,10 +19,14 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend == "auto":
-        return "triton" if triton_available(device) else "reference"
+        # float64 is the truth path: the kernels accumulate in float32, so auto keeps float64 on the reference.
+        return "triton" if dtype != torch.float64 and triton_available(device) else "reference"
     if backend == "triton":
+        if dtype == torch.float64:
+            raise TypeError('backend="triton" supports float16/bfloat16/float32 (it accumulates in float32); '
+                            'float64 runs on backend="reference" (or "auto")')
         # Fail here, not deep inside a launcher: Triton needs CUDA, or the interpreter for CPU tensors.
         interpret = os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu"
         if device.type != "cuda" and not interpret:
@@ -67,7 +71,8 @@ def adasplash_attention(
             iff ``k_idx[j] <= q_idx[i]`` (implies causal masking by position).
         window: sliding window: causal ``0 <= q_pos - k_pos < window``, non-causal ``|q_pos - k_pos| < window``.
         softcap: logit soft-cap (Gemma-2 style).
-        backend: ``"auto"`` (Triton on CUDA, reference elsewhere), ``"reference"`` or ``"triton"``.
+        backend: ``"auto"`` (Triton on CUDA for 16/32-bit floats, the reference elsewhere and for float64),
+            ``"reference"`` or ``"triton"`` (float16/bfloat16/float32 only).
 
     Returns:
         ``[B, Hq, Nq, D]`` in the dtype of ``q``. Rows with no visible key are zero (never NaN).
@@ -80,7 +85,7 @@ def adasplash_attention(
         "is_causal": is_causal, "scale": scale, "key_padding_mask": key_padding_mask, "q_idx": q_idx, "k_idx": k_idx,
         "window": window, "softcap": softcap,
     }
-    if _resolve_backend(backend, q.device) == "triton":
+    if _resolve_backend(backend, q.device, q.dtype) == "triton":
         from hf_adasplash.ops.attention import adasplash_attention_triton
 
         return adasplash_attention_triton(q, k, v, alpha, **kw)
@@ -126,7 +131,7 @@ def adasplash_varlen_attention(
     V.check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q)
     V.check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k)
     kw = {"is_causal": is_causal, "scale": scale, "window": window, "softcap": softcap}
-    if _resolve_backend(backend, q.device) == "triton":
+    if _resolve_backend(backend, q.device, q.dtype) == "triton":
         from hf_adasplash.ops.attention import adasplash_varlen_attention_triton
 
         return adasplash_varlen_attention_triton(

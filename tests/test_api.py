@@ -82,8 +82,17 @@ BAD_OPTIONS = {
     "scale_str": ({"scale": "0.1"}, ValueError, "scale must be None or a finite float"),
     "backend": ({"backend": "flash"}, ValueError, "backend must be one of"),
     "backend_none": ({"backend": None}, ValueError, "backend must be one of"),
-    "triton_cpu": ({"backend": "triton"}, ValueError, 'backend="triton"'),
+    "triton_cpu": ({"backend": "triton"}, ValueError, 'backend="triton" needs CUDA tensors'),
 }
+
+
+def test_triton_rejects_float64():
+    q, k, v = _qkv(dtype=torch.float64)
+    with pytest.raises(TypeError, match='backend="triton" supports float16/bfloat16/float32'):
+        adasplash_attention(q, k, v, 1.5, backend="triton")
+    with pytest.raises(TypeError, match='backend="triton" supports'):
+        adasplash_varlen_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                                   torch.tensor([0, 5]), torch.tensor([0, 6]), 5, 6, backend="triton")
 
 
 @pytest.mark.parametrize("case", list(BAD_OPTIONS), ids=str)
