@@ -26,6 +26,7 @@ from hf_adasplash.modules import DEFAULT_MAX_ALPHA, DEFAULT_MIN_ALPHA, AlphaPara
 
 ALPHA_ATTR = "adasplash_alpha"
 ALPHA_KEY_SUFFIX = f"{ALPHA_ATTR}.logit"
+SETTINGS = ("alpha", "learnable", "per_head", "min_alpha", "max_alpha", "backend")  # patch() arguments
 
 # What registration cannot express: model types whose attention has parts alpha-entmax has no counterpart for.
 UNSUPPORTED_MODEL_TYPES = {
@@ -235,7 +236,8 @@ def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None,
     with _quiet_alpha_load_report():
         model = model_cls.from_pretrained(path_or_id, attn_implementation=NAME, **kwargs)
     saved = dict(getattr(model.config, "adasplash", None) or {})
-    had_alpha = saved.pop("attached", False)
+    had_alpha = saved.get("attached", False)
+    saved = {k: v for k, v in saved.items() if k in SETTINGS}
     for cfg in _configs(model):  # patch() rewrites the settings
         if hasattr(cfg, "adasplash"):
             delattr(cfg, "adasplash")
@@ -243,7 +245,6 @@ def from_pretrained(path_or_id: str, alpha: float | None = None, model_cls=None,
              "max_alpha": max_alpha, "backend": backend}
     settings = {**saved, **{k: v for k, v in given.items() if v is not None}}
     patch(model, **settings)
-    model._adasplash_previous_attn_implementation = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"
     if had_alpha:
         load_alpha(model, _checkpoint_files(path_or_id, kwargs))
     return model
