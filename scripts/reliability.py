@@ -89,6 +89,29 @@ def resume_trials(n: int) -> dict:
     return {"command": f"pytest {RESUME_TEST} (x{n})", "totals": dict(totals), "max_weight_diff": NOT_MEASURED}
 
 
+def numerics() -> dict:
+    """float32 vs float64 error of the reference entmax and of d(alpha), per alpha (scores ~ N(0, 3^2), 1000 keys)."""
+    import torch
+
+    from hf_adasplash.entmax import entmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1000, generator=g, dtype=torch.float64) * 3
+    dp = torch.randn(64, 1000, generator=g, dtype=torch.float64)
+    rows = {}
+    for alpha in (1.0001, 1.001, 1.01, 1.25, 1.5, 1.999, 2.0):
+        res = []
+        for dt in (torch.float64, torch.float32):
+            a = torch.full((64, 1), alpha, dtype=dt, requires_grad=True)
+            p = entmax(x.to(dt), a)
+            (p * dp.to(dt)).sum().backward()
+            res.append((p.detach().double(), a.grad.double()))
+        (p64, g64), (p32, g32) = res
+        rows[str(alpha)] = {"p_max_abs_err_fp32": float((p32 - p64).abs().max()),
+                            "dalpha_max_rel_err_fp32": float((g32 - g64).abs().max() / g64.abs().max())}
+    return {"command": "python scripts/reliability.py (numerics)", "per_alpha": rows}
+
+
 def _optional(path: str | None, keys: list[str]) -> dict | str:
     if not path or not Path(path).exists():
         return NOT_MEASURED
@@ -102,12 +125,13 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", help="JSON with the kill/resume trials (finetune --resume tests)")
     p.add_argument("--resume-trials", type=int, default=0, help="run the kill/resume CLI test this many times")
     p.add_argument("--out", default="reliability.json")
-    p.add_argument("--skip", nargs="*", default=[], choices=["matrix", "hypothesis", "determinism"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["matrix", "hypothesis", "determinism", "numerics"])
     args = p.parse_args(argv)
     figures = {
         "matrix": NOT_MEASURED if "matrix" in args.skip else matrix(),
         "hypothesis": NOT_MEASURED if "hypothesis" in args.skip else hypothesis(),
         "determinism": NOT_MEASURED if "determinism" in args.skip else determinism(),
+        "numerics": NOT_MEASURED if "numerics" in args.skip else numerics(),
         "gpu_long_run": _optional(args.stability, ["passed", "steps_completed", "nan_free_steps", "first_failure",
                                                    "final_loss", "final_alpha", "device", "torch", "git_sha"]),
         "kill_resume": resume_trials(args.resume_trials) if args.resume_trials else
