@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def smollm2_path(convert: bool = True) -> Path:
         return out
     if not convert:
         raise UserError(f"{out} does not exist yet: run `hf-adasplash convert` first")
+    print(f"converting {SMOLLM2_GGUF} into a plain checkpoint at {out} (once, about a minute)", file=sys.stderr)
     convert_gguf(smollm2_gguf(), out)
     return out
 
