@@ -79,17 +79,15 @@ def varlen_attention_reference(
     softcap: float | None = None,
 ) -> torch.Tensor:
     """Packed ``[total, H, D]`` attention: each segment attends only within itself (a loop of dense calls)."""
-    out = q.new_zeros(q.shape)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    pieces = []
     for i in range(len(cq) - 1):
         q0, q1, k0, k1 = cq[i], cq[i + 1], ck[i], ck[i + 1]
         if q1 == q0:
             continue
-        if k1 == k0:
-            continue  # no keys: rows stay zero
-        o = attention_reference(
+        o = attention_reference(  # a segment without keys gives zero rows (and zero gradients)
             q[q0:q1].transpose(0, 1)[None], k[k0:k1].transpose(0, 1)[None], v[k0:k1].transpose(0, 1)[None], alpha,
             is_causal=is_causal, scale=scale, window=window, softcap=softcap,
         )
-        out = out.index_copy(0, torch.arange(q0, q1, device=q.device), o[0].transpose(0, 1))
-    return out
+        pieces.append(o[0].transpose(0, 1))
+    return torch.cat(pieces) if pieces else q.new_zeros(q.shape)
