@@ -16,6 +16,7 @@ key tiles of ``BN`` keys, so each K/V byte is read by one program only.
 
 import triton
 import triton.language as tl
+from hf_adasplash.kernels.entmax_rows import entmax_prob
 
 SOFTMAX_CUTOFF = tl.constexpr(-88.0)
 
@@ -127,11 +128,11 @@ def decode_scores_fwd_kernel(
 
 @triton.jit
 def decode_probs(b_s, b_am1, b_tau, b_inv, b_soft, b_pow):
-    """[BR, BN] normalised probabilities from stored scores and per-row (alpha - 1, tau, 1 / sum)."""
-    b_x = tl.maximum(b_s * b_am1[:, None] - b_tau[:, None], 0.0)
-    b_p = tl.where(b_pow[:, None] == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * b_pow[:, None]))
-    b_p = tl.where(b_x > 0, b_p, 0.0)
-    return tl.where(b_soft[:, None], tl.exp(b_s - b_tau[:, None]), b_p) * b_inv[:, None]
+    """[BR, BN] normalised probabilities from stored scores and per-row (alpha - 1, tau, 1 / sum), tau in score
+    units as in ``entmax_rows``: p = [1 + (alpha-1)(s - tau)]_+^(1/(alpha-1)), exp(s - tau) for softmax rows."""
+    b_d = b_s - b_tau[:, None]
+    b_p, _ = entmax_prob(b_d, 0.0, b_am1[:, None], b_pow[:, None])
+    return tl.where(b_soft[:, None], tl.exp(b_d), b_p) * b_inv[:, None]
 
 
 @triton.jit
@@ -187,7 +188,8 @@ def decode_output_fwd_kernel(
     o_t = i_c * TCH + o_tc
     b_tm = tl.load(tmax + o_row[:, None] * NT + o_t[None, :], mask=m_r[:, None] & (o_t[None, :] < NT),
                    other=float("-inf"))
-    m_live = tl.where(b_soft[:, None], (b_tm - b_tau[:, None]) > SOFTMAX_CUTOFF, b_tm * b_am1[:, None] > b_tau[:, None])
+    b_dm = b_tm - b_tau[:, None]
+    m_live = tl.where(b_soft[:, None], b_dm > SOFTMAX_CUTOFF, b_am1[:, None] * b_dm > -1.0)
     m_live = m_live & m_r[:, None]
     # [TCH] tiles some row of the group needs
     b_tile = tl.max(m_live.to(tl.int32), axis=0)

@@ -1,19 +1,23 @@
 """Row-wise alpha-entmax threshold over stored fp32 scores (phase 2 of split-K decode).
 
 Each row of ``s`` holds ``NT`` tiles of ``BN`` scores (masked entries are ``-inf``); ``tmax[row, t]`` is the max
-of tile t. With ``z = (alpha - 1) s`` and ``f(tau) = sum_j [z_j - tau]_+^{1/(alpha-1)} - 1`` (convex, decreasing):
+of tile t. tau is kept in score units, ``p_j = [1 + (alpha - 1)(s_j - tau)]_+^{1/(alpha-1)}`` (the spec's
+``[(alpha-1) s - tau_z]_+^{1/(alpha-1)}`` with ``tau_z = (alpha - 1) tau - 1``), and p is evaluated as
+``exp(log1p(.) / (alpha - 1))`` so its error stays that of softmax as alpha -> 1. ``f(tau) = sum_j p_j - 1`` is
+convex and decreasing, ``f'(tau) = -sum_j p_j / (1 + (alpha - 1)(s_j - tau))``, and ``tau = max s`` is a certified
+lower bound (the max alone has p = 1):
 
-1. Tile bound. Each tile contributes at least its max's term, so ``g(tau) = sum_t [zmax_t - tau]_+^{1/(alpha-1)} - 1
-   <= f(tau)``; the root of g is a certified lower bound on tau, found by Newton from ``max z - 1`` on the tile
-   maxima alone (``NT`` values, in registers). When the support has at most one key per tile it is tau itself.
-2. Only tiles with ``zmax_t > tau_g`` can hold support: their indices are compacted into ``live`` (usually a few
-   percent of the tiles).
-3. Exact Newton from ``tau_g`` over the scores of the listed tiles only. Newton from the left never overshoots.
+1. Tile bound. Each tile contributes at least its max's term, so ``g(tau) = sum_t p(tmax_t) - 1 <= f(tau)``; the
+   root of g is a certified lower bound on tau, found by Newton on the tile maxima alone (``NT`` values, in
+   registers). When the support has at most one key per tile it is tau itself.
+2. Only tiles whose max is still on the support side can hold support: their indices are compacted into ``live``
+   (usually a few percent of the tiles).
+3. Exact Newton from that bound over the scores of the listed tiles only. Newton from the left never overshoots.
 
-Outputs per row: ``tau`` (z units; for softmax rows, alpha == 1, the row max in s units) and ``inv_norm`` = 1 / sum
-of the unnormalised probabilities at that tau, so ``p = [z - tau]_+^{1/(alpha-1)} * inv_norm`` sums to one even if
-Newton stopped a rounding step early. Softmax rows combine the per-split (max, sum exp) of phase 1 instead.
-Rows with no finite score get ``tau = +inf``, ``inv_norm = 0`` (p = 0).
+Outputs per row: ``tau`` (score units; for softmax rows, alpha == 1, the row max) and ``inv_norm`` = 1 / sum of
+the unnormalised probabilities at that tau, so ``p * inv_norm`` sums to one even if Newton stopped a rounding
+step early. Softmax rows combine the per-split (max, sum exp) of phase 1 instead. Rows with no finite score get
+``tau = +inf``, ``inv_norm = 0`` (p = 0).
 """
 
 import triton
@@ -21,26 +25,40 @@ import triton.language as tl
 
 
 @triton.jit
-def entmax_pow_sums(b_z, tau, power):
-    """(sum [z - tau]_+^power, power * sum [z - tau]_+^(power - 1)) over a block of z."""
-    b_x = tl.maximum(b_z - tau, 0.0)
-    b_on = b_x > 0
-    b_xp = tl.where(power == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * power))
-    b_xp = tl.where(b_on, b_xp, 0.0)
-    b_xpm1 = tl.where(b_on, b_xp / tl.where(b_on, b_x, 1.0), 0.0)
-    return tl.sum(b_xp), power * tl.sum(b_xpm1)
+def entmax_log1p(y):
+    """log(1 + y) to full precision for small |y| (Kahan's trick: the rounding of 1 + y cancels)."""
+    u = 1.0 + y
+    return tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def entmax_prob(b_s, tau, am1, power):
+    """(p, p / (1 + base)) with base = (alpha - 1)(s - tau) > -1 on the support; p = (1 + base)^(1/(alpha-1)).
+
+    alpha = 1.5 and 2 are plain products; other alphas go through exp(log1p(base) / (alpha - 1)), whose error
+    stays that of softmax as alpha -> 1 (instead of eps / (alpha - 1)).
+    """
+    b_base = am1 * (b_s - tau)
+    b_on = b_base > -1.0
+    b_1 = tl.maximum(1.0 + b_base, 0.0)
+    b_gen = tl.exp(entmax_log1p(tl.maximum(b_base, -1.0)) * power)
+    b_p = tl.where(power == 2.0, b_1 * b_1, tl.where(power == 1.0, b_1, b_gen))
+    b_p = tl.where(b_on, b_p, 0.0)
+    # d p / d tau = -p / (1 + base): no second power needed
+    return b_p, tl.where(b_on, b_p / tl.where(b_on, b_1, 1.0), 0.0)
 
 
 @triton.jit
 def entmax_tile_bound_sums(p_tm, b_tm0, tau, am1, power, NT, TB: tl.constexpr):
     """Sums of g over all tile maxima: the first block is in registers, the rest (NT > TB) is loaded."""
-    b_sum, b_dsum = entmax_pow_sums(b_tm0 * am1, tau, power)
+    b_p, b_d = entmax_prob(b_tm0, tau, am1, power)
+    b_sum, b_dsum = tl.sum(b_p, axis=0), tl.sum(b_d, axis=0)
     for i_b in range(1, tl.cdiv(NT, TB)):
         o_t = i_b * TB + tl.arange(0, TB)
         b_tm = tl.load(p_tm + o_t, mask=o_t < NT, other=float("-inf"))
-        b_s1, b_d1 = entmax_pow_sums(b_tm * am1, tau, power)
-        b_sum += b_s1
-        b_dsum += b_d1
+        b_p, b_d = entmax_prob(b_tm, tau, am1, power)
+        b_sum += tl.sum(b_p, axis=0)
+        b_dsum += tl.sum(b_d, axis=0)
     return b_sum, b_dsum
 
 
@@ -56,13 +74,10 @@ def entmax_live_sums(p_s, p_live, n_live, tau, am1, power, TCL: tl.constexpr, BN
         b_idx = tl.load(p_live + o_l, mask=m_l, other=0)
         # [TCL, BN]
         b_s = tl.load(p_s + b_idx[:, None].to(tl.int64) * BN + o_n[None, :], mask=m_l[:, None], other=float("-inf"))
-        b_x = tl.maximum(b_s * am1 - tau, 0.0)
-        b_on = b_x > 0
-        b_xp = tl.where(power == 2.0, b_x * b_x, tl.exp2(tl.log2(b_x) * power))
-        b_xp = tl.where(b_on, b_xp, 0.0)
-        b_sum += b_xp
-        b_dsum += tl.where(b_on, b_xp / tl.where(b_on, b_x, 1.0), 0.0)
-    return tl.sum(tl.sum(b_sum, axis=1), axis=0), power * tl.sum(tl.sum(b_dsum, axis=1), axis=0)
+        b_p, b_d = entmax_prob(b_s, tau, am1, power)
+        b_sum += b_p
+        b_dsum += b_d
+    return tl.sum(tl.sum(b_sum, axis=1), axis=0), tl.sum(tl.sum(b_dsum, axis=1), axis=0)
 
 
 @triton.jit(do_not_specialize=["NT", "NS", "NQ", "HQ"])
@@ -120,7 +135,7 @@ def entmax_rows_tau_kernel(
             m = tl.maximum(m, tl.max(tl.load(p_tm + o_tb, mask=o_tb < NT, other=float("-inf")), axis=0))
         valid = m > float("-inf")
         m = tl.where(valid, m, 0.0)
-        b_tau = m * am1 - 1.0  # g(max z - 1) >= 0
+        b_tau = m  # the max alone has p = 1: g(max) >= 0
         b_sum, b_dsum = entmax_tile_bound_sums(p_tm, b_tm0, b_tau, am1, power, NT, TB)
         it = 0
         moved = valid
@@ -135,7 +150,7 @@ def entmax_rows_tau_kernel(
         for i_b in range(0, tl.cdiv(NT, TB)):
             o_tb = i_b * TB + o_t
             b_tm = tl.load(p_tm + o_tb, mask=o_tb < NT, other=float("-inf"))
-            m_live = b_tm * am1 > b_tau
+            m_live = am1 * (b_tm - b_tau) > -1.0
             o_pos = n_live + tl.cumsum(m_live.to(tl.int32), axis=0) - 1
             tl.store(p_live + o_pos, o_tb, mask=m_live)
             n_live += tl.sum(m_live.to(tl.int32), axis=0)

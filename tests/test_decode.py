@@ -100,6 +100,12 @@ def test_decode_small_blocks_exercise_every_loop(monkeypatch, window):
     _check(q, k, v, torch.tensor([1.0, 1.5, 1.15, 2.0]), is_causal=True, window=window)
 
 
+def test_decode_alpha_near_one_keeps_softmax_precision():
+    # p = exp(log1p((alpha - 1)(s - tau)) / (alpha - 1)): no eps / (alpha - 1) error growth as alpha -> 1
+    q, k, v = _inputs(1, 4, 1, 2, 150, 32, torch.float32, scale_up=2.0)
+    _check(q, k, v, torch.tensor([1.0001, 1.001, 1.01, 1.0]), is_causal=True)
+
+
 def test_decode_rejects_bad_input():
     q, k, v = _inputs(1, 2, 1, 17, 20, 32, torch.float32)
     with pytest.raises(ValueError, match="at most 16 queries"):
