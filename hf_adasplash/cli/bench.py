@@ -382,6 +382,15 @@ def plot(data, path):
 
 
 # ----------------------------------------------------------------------------------------------- entry
+def _write_json(data, path):
+    """Atomic replace, so a run killed mid-write never leaves a truncated file for the next ``--merge``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
 def run(args) -> int:
     plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
     if args.plot_only:
@@ -413,12 +422,9 @@ def run(args) -> int:
         print(json.dumps({k: row[k] for k in ("mode", "family", "N", "D", "causal", "block_sparsity")} | {
             "ratio": row["ratio_vs_sdpa"], "ms": short, "s": round(time.time() - t0, 1)}), flush=True)
         data["cases"] = list(cases.values())
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:  # rewritten after every case: a run cut short keeps what it measured
-            json.dump(data, f, indent=1)
+        _write_json(data, args.out)  # after every case: a run cut short keeps what it measured
     data["cases"] = list(cases.values())
-    with open(args.out, "w") as f:
-        json.dump(data, f, indent=1)
+    _write_json(data, args.out)
     if data["cases"]:
         try:
             plot(data, plot_path)
