@@ -41,8 +41,10 @@ def _pytest(args: list[str]) -> tuple[Counter, dict, str]:
                 fn = tc.get("name", "").split("[")[0]
                 kind = "passed"
                 for child, name in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
-                    if tc.find(child) is not None:
-                        kind = name
+                    node = tc.find(child)
+                    if node is not None:
+                        # JUnit has no xfail: pytest writes it as <skipped type="pytest.xfail">
+                        kind = "xfailed" if node.get("type") == "pytest.xfail" else name
                 totals[kind] += 1
                 per_fn.setdefault(fn, Counter())[kind] += 1
     return totals, {k: dict(v) for k, v in per_fn.items()}, proc.stdout + proc.stderr
