@@ -3,7 +3,7 @@
 With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1) - 1)`` (softmax heads: ``u = p``),
 ``dP = dO V^T``, ``delta = dO . O2 = sum u dP / sum u`` and ``dS = u (dP - delta)`` with respect to the scores.
 
-- ``adasplash_bwd_kernel_dq``: one program per query block. Computes delta (stored for the dk/dv kernel), dq, and
+- ``adasplash_bwd_kernel_dq``: one program per BMQ query rows (a slice of a forward block, sharing its list). Computes delta (stored for the dk/dv kernel), dq, and
   the per-row d(alpha) ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``.
 - ``adasplash_bwd_kernel_dkv``: one program per key block and KV head; loops over the query heads of its GQA group
   and their listed query blocks, so dk/dv accumulate in registers without atomics. Runs after the dq kernel.
@@ -37,6 +37,7 @@ def adasplash_bwd_kernel_dq(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
+    BNS: tl.constexpr, BMQ: tl.constexpr,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -48,14 +49,14 @@ def adasplash_bwd_kernel_dq(
         Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
     else:
         bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
-    m0 = i_m * BM
+    m0 = i_m * BMQ
     if m0 >= Nq:
         return
-    m1 = tl.minimum(m0 + BM, Nq) - 1
+    m1 = tl.minimum(m0 + BMQ, Nq) - 1
     off = Nk - Nq
     i_b64 = i_b.to(tl.int64)
 
-    o_m = m0 + tl.arange(0, BM)
+    o_m = m0 + tl.arange(0, BMQ)
     o_d = tl.arange(0, BD)
     m_row = o_m < Nq
     m_d = o_d < D
@@ -63,11 +64,11 @@ def adasplash_bwd_kernel_dq(
     o_tok = (bos_q + o_m).to(tl.int64)
     p_qrow = i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :]
     p_orow = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
-    # [BM, BD]
+    # [BMQ, BD]
     b_q = tl.load(q + p_qrow, mask=m_qd, other=0.0)
     b_do = tl.load(do + p_orow, mask=m_qd, other=0.0)
     b_o2 = tl.load(o2 + p_orow, mask=m_qd, other=0.0)
-    # [BM]
+    # [BMQ]
     b_delta = tl.sum(b_do.to(tl.float32) * b_o2.to(tl.float32), 1)
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     tl.store(delta + p_row, b_delta, mask=m_row)
@@ -87,21 +88,24 @@ def adasplash_bwd_kernel_dq(
     zs = tl.where(is_soft, LOG2E, a_m1)
     pm1 = 1.0 / a_m1 - 1.0
 
-    p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_m) * NKB
-    cnt = tl.load(tile_cnt + i_bh.to(tl.int64) * NMB + i_m)
+    # rows m0.. use the list of their forward block (BMQ divides BM)
+    i_blk = m0 // BM
+    p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_blk) * NKB
+    cnt = tl.load(tile_cnt + i_bh.to(tl.int64) * NMB + i_blk)
 
-    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
-    b_dpl = tl.zeros([BM], dtype=tl.float32)  # sum dP p log2(x)
-    for j in range(0, cnt):
-        n0 = tl.load(p_idx + j) * BN
+    b_dq = tl.zeros([BMQ, BD], dtype=tl.float32)
+    b_dpl = tl.zeros([BMQ], dtype=tl.float32)  # sum dP p log2(x)
+    # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
+    for js in range(0, cnt * (BN // BNS)):
+        n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                               k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                               k_pos_base, kpm_base, scale, softcap, zs, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
                                HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-        o_n = n0 + tl.arange(0, BN)
-        # [BD, BN]
+        o_n = n0 + tl.arange(0, BNS)
+        # [BD, BNS]
         b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
                        mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
-        # [BM, BN]
+        # [BMQ, BNS]
         b_x = b_z - b_tau[:, None]
         if is_soft:
             b_p = tl.exp2(b_x)
@@ -158,6 +162,7 @@ def adasplash_bwd_kernel_dkv(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
+    BMS: tl.constexpr,
 ):
     i_n, i_bhk = tl.program_id(0), tl.program_id(1)
     i_b, i_hk = i_bhk // (H // G), i_bhk % (H // G)
@@ -215,20 +220,21 @@ def adasplash_bwd_kernel_dkv(
         cnt = compact_q_blocks(p_gap, NKB, p_thr, p_list, n0, Nq, Nk, off, W, mlo // BM, tl.cdiv(mhi, BM), BM,
                                BN, CH, IS_CAUSAL, HAS_WINDOW, HAS_POS)
         tl.debug_barrier()
-        for j in range(0, cnt):
-            m0 = tl.load(p_list + j) * BM
-            m1 = tl.minimum(m0 + BM, Nq) - 1
-            o_m = m0 + tl.arange(0, BM)
+        # each listed query block in BMS-row slices: smaller live tiles, no register spills
+        for js in range(0, cnt * (BM // BMS)):
+            m0 = tl.load(p_list + js // (BM // BMS)) * BM + (js % (BM // BMS)) * BMS
+            m1 = tl.minimum(m0 + BMS, Nq) - 1
+            o_m = m0 + tl.arange(0, BMS)
             m_row = o_m < Nq
             o_tok = (bos_q + o_m).to(tl.int64)
             m_dq = m_d[:, None] & m_row[None, :]
-            # [BD, BM]
+            # [BD, BMS]
             b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
             b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
             # [BM]
             b_tau = tl.load(tau + r_base + o_m, mask=m_row, other=float("inf"))
             b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
-            # [BN, BM]
+            # [BN, BMS]
             b_z = dot_to_z(tl.dot(b_k, b_qt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
             if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
                 b_qp = o_m

@@ -1,6 +1,6 @@
 """The Triton attention kernels (forward, dq/dk/dv and d(alpha)) against the float64 reference.
 
-On CPU the kernels run under the Triton interpreter with small tiles (BM=32, BN=16), so tiny shapes still span
+On CPU the kernels run under the Triton interpreter with small tiles (BM=BN=32, backward slices of 16), so tiny shapes still span
 several query blocks and key tiles: boundary tiles, skipped tiles, GQA loops and varlen segments are all exercised.
 Every case draws fresh inputs; outputs come from NaN-poisoned buffers (conftest), so an element a kernel forgets to
 write fails the comparison.

@@ -179,9 +179,9 @@ def attn_bwd(
         **flags,
     )
     # dq first: it also writes delta, which the dk/dv kernel reads.
-    adasplash_bwd_kernel_dq[(NMB, B * Hq)](
+    adasplash_bwd_kernel_dq[(triton.cdiv(NQ, t.BMQ), B * Hq)](
         o=o, o2=o2, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
-        NEED_DALPHA=need_dalpha, **common,
+        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, **common,
     )
     if need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics
@@ -189,7 +189,7 @@ def attn_bwd(
     if NKB == 0:
         return dq, dk, dv, dalpha
     adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
-        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK,
+        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
         q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
         stride_dkb=strides(dk)[0], stride_dkh=strides(dk)[1], stride_dkn=strides(dk)[2],
         stride_dvb=strides(dv)[0], stride_dvh=strides(dv)[1], stride_dvn=strides(dv)[2],
