@@ -21,10 +21,12 @@ _empty, _empty_like = torch.empty, torch.empty_like
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point():
-        t.fill_(float("nan"))
-    elif t.dtype != torch.bool:
-        t.fill_(-(2**30) if t.dtype in (torch.int32, torch.int64) else 0)
+    # no_grad: torch.empty(..., requires_grad=True) (e.g. inside torch.utils.checkpoint) is a leaf
+    with torch.no_grad():
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype != torch.bool:
+            t.fill_(-(2**30) if t.dtype in (torch.int32, torch.int64) else 0)
     return t
 
 
