@@ -1,7 +1,8 @@
 """The Triton attention kernels (forward, dq/dk/dv and d(alpha)) against the float64 reference.
 
-On CPU the kernels run under the Triton interpreter with small tiles (BM=BN=32, backward slices of 16), so tiny shapes still span
-several query blocks and key tiles: boundary tiles, skipped tiles, GQA loops and varlen segments are all exercised.
+On CPU the kernels run under the Triton interpreter with small tiles (BM=BN=32, backward slices of 16), so tiny
+shapes still span several query blocks and key tiles: boundary tiles, skipped tiles, GQA loops and varlen segments
+are all exercised.
 Every case draws fresh inputs; outputs come from NaN-poisoned buffers (conftest), so an element a kernel forgets to
 write fails the comparison.
 """
@@ -216,3 +217,30 @@ def test_custom_op_fake_and_compile():
     assert (out.double() - ref).abs().max().item() <= 4e-5
     out.sum().backward()
     assert ag.grad is not None and torch.isfinite(ag.grad).all()
+
+
+def test_short_queries_without_grad_route_to_decode():
+    from hf_adasplash.ops import attention as A
+
+    if A.adasplash_decode_triton is None:
+        pytest.skip("decode kernel module not importable")
+    q, k, v = (torch.randn(2, 4, n, 32) for n in (3, 50, 50))
+    kpm = torch.rand(2, 50) > 0.2
+    calls = []
+    real = A.adasplash_decode_triton
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    A.adasplash_decode_triton = spy
+    try:
+        with torch.no_grad():
+            out = adasplash_attention_triton(q, k, v, torch.tensor([1.5, 1.0, 2.0, 1.25]), is_causal=True,
+                                             key_padding_mask=kpm)
+    finally:
+        A.adasplash_decode_triton = real
+    ref = attention_reference(q.double(), k.double(), v.double(), torch.tensor([1.5, 1.0, 2.0, 1.25]).double(),
+                              is_causal=True, key_padding_mask=kpm)
+    assert calls, "Nq <= 16 without grad should use the decode kernel"
+    assert (out.double() - ref).abs().max().item() <= 2e-5

@@ -32,9 +32,10 @@ def tiles(head_dim: int) -> Tiles:
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
         return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16)
-    # Sizes chosen so that ptxas reports no (or few) register spills on sm_90.
+    # Measured on H100/H200 (bench/NOTES.md): 8 warps and backward slices remove ptxas register spills but run
+    # slower than these settings, which keep some spills; the slices stay available (BNS/BMS/BMQ < BN/BM).
     if BD <= 64:
-        return Tiles(128, 64, BD, 8, 3, 8, 2, 32, 64, 64)
+        return Tiles(128, 64, BD, 4, 3, 4, 2, 64, 128, 128)
     if BD <= 128:
-        return Tiles(128, 64, BD, 8, 2, 8, 2, 32, 32, 64)
+        return Tiles(128, 64, BD, 8, 2, 8, 2, 64, 128, 128)
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32)
