@@ -1,17 +1,19 @@
 """AdaSplash forward: one program per (query block, batch x head), three phases over the key tiles.
 
-A. One dense pass over the visible key tiles: row max ``m`` (z units) and, per tile, the gap
-   ``g = max_rows(tile row max - running row max)``. The running max only grows, so ``g`` bounds the final
-   gap from above; a tile with ``g <= min_rows(tau - m)`` holds no entry above tau in any row and is all-zero.
-   Softmax heads also accumulate the online normaliser here and are done after this pass.
-B. tau (entmax heads): Newton on the convex decreasing ``h(tau) = (sum_j [z_j - tau]_+^(1/(alpha-1)))^(alpha-1) - 1``
-   (an L_p norm of convex functions), started at the certified lower bound ``m - 1``. Steps from the left never
-   overshoot, every iterate is a certified lower bound (so tile skipping stays exact), and the step is exact when
-   the support is a set of equal scores: ``step = (S0 - S0^(2-alpha)) / S1`` with ``S0 = sum x^p``,
-   ``S1 = sum x^(p-1)``. Each iteration visits only the tiles that can still hold support.
-C. Output over the remaining tiles: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with
-   ``U = p^(2-alpha)`` (so the backward's ``delta = dO . O2``), the row entropy term ``sum p log p`` when alpha
-   needs a gradient, tau and the per-block skip threshold.
+A. One dense pass over the visible key tiles, starting at the block's diagonal tile: row max ``m`` (z units) and,
+   per tile, the gap ``g = max_rows(tile row max - running row max)``. The running max only grows, so ``g`` bounds
+   the final gap from above; a tile with ``g <= min_rows(tau - m)`` holds no entry above tau in any row and is
+   all-zero. Softmax heads also accumulate the online normaliser here. Masks are applied only on tiles that cross
+   a causal/window/sequence boundary (or when key padding / explicit positions are given).
+B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list on the device. tau (entmax heads):
+   Newton on the convex decreasing ``h(tau) = (sum_j [z_j - tau]_+^(1/(alpha-1)))^(alpha-1) - 1`` (an L_p norm of
+   convex functions), started at the certified lower bound ``m - 1``. Steps from the left never overshoot, every
+   iterate is a certified lower bound (so skipping stays exact), and the step is exact when the support is a set
+   of equal scores: ``step = (S0 - S0^(2-alpha)) / S1`` with ``S0 = sum x^p``, ``S1 = sum x^(p-1)``. Each
+   iteration walks the list; the list is then compacted again to the tiles that beat the final threshold.
+C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with ``U = p^(2-alpha)``
+   (the backward's ``delta = dO . O2``), the row term ``sum p log p`` when alpha needs a gradient, tau, the block's
+   threshold and the list's length (the backward walks the same list).
 """
 
 import triton
