@@ -244,3 +244,21 @@ def test_short_queries_without_grad_route_to_decode():
                               is_causal=True, key_padding_mask=kpm)
     assert calls, "Nq <= 16 without grad should use the decode kernel"
     assert (out.double() - ref).abs().max().item() <= 2e-5
+
+
+def test_alpha_only_training_and_transposed_layout():
+    """HF hands q/k/v as [B, N, H, D].transpose(1, 2) views; alpha alone may be trained on a frozen model."""
+    B, N, H, Hkv, D = 2, 40, 4, 2, 32
+    q = torch.randn(B, N, H, D).transpose(1, 2)
+    k = torch.randn(B, N, Hkv, D).transpose(1, 2)
+    v = torch.randn(B, N, Hkv, D).transpose(1, 2)
+    a = torch.tensor([1.5, 1.2, 1.8, 1.0], requires_grad=True)
+    out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    do = torch.randn_like(out)
+    (da,) = torch.autograd.grad(out, a, do)
+    a64 = a.detach().double().requires_grad_()
+    ref = attention_reference(q.double(), k.double(), v.double(), a64, is_causal=True)
+    (da64,) = torch.autograd.grad(ref, a64, do.double())
+    assert (out.double() - ref).abs().max().item() <= 2e-5
+    assert (da.double() - da64).abs().max().item() <= 1e-4 * max(1.0, da64.abs().max().item())
+    assert da[3].item() == 0.0  # alpha == 1 is softmax: no gradient

@@ -39,11 +39,13 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
         (q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos,
          k_pos, kpm) = ctx.saved_tensors
         need_dalpha = ctx.needs_input_grad[3]
+        need_dkv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dq, dk, dv, dalpha = torch.ops.hf_adasplash.attn_bwd(
             do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
-            q_pos, k_pos, kpm, *ctx.args, need_dalpha,
+            q_pos, k_pos, kpm, *ctx.args, need_dalpha, need_dkv,
         )
-        return dq, dk, dv, (dalpha if need_dalpha else None), *([None] * 11)
+        return ((dq if ctx.needs_input_grad[0] else None), (dk if need_dkv else None), (dv if need_dkv else None),
+                (dalpha if need_dalpha else None), *([None] * 11))
 
 
 def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap):

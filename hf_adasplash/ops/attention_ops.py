@@ -144,16 +144,18 @@ def attn_bwd(
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
-    need_dalpha: bool,
+    need_dalpha: bool, need_dkv: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dq, dk, dv, dalpha [Hq] fp32; empty unless need_dalpha)."""
+    """Returns (dq, dk, dv, dalpha [Hq] fp32); dalpha empty unless need_dalpha, dk/dv empty unless need_dkv
+    (training alpha alone on a frozen model skips the dk/dv kernel)."""
     q, k, v = _last_dim_contiguous(q, k, v)
     do = _like(do, o)
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     varlen = cu_seqlens_q is not None
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq = torch.empty_like(q)
+    dk, dv = (torch.empty_like(k), torch.empty_like(v)) if need_dkv else (k.new_empty(0), v.new_empty(0))
     dalpha = alpha.new_zeros(alpha.shape) if need_dalpha else alpha.new_empty(0)
     if q.numel() == 0 or NMB == 0:
         dk.zero_()
@@ -186,7 +188,7 @@ def attn_bwd(
     if need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics
         dalpha = dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)
-    if NKB == 0:
+    if NKB == 0 or not need_dkv:
         return dq, dk, dv, dalpha
     adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
         do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
@@ -208,6 +210,7 @@ def _like(t, ref):
 
 @attn_bwd.register_fake
 def _(do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
-      q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            alpha.new_empty(alpha.shape) if need_dalpha else alpha.new_empty(0))
+      q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha,
+      need_dkv):
+    dk, dv = (torch.empty_like(k), torch.empty_like(v)) if need_dkv else (k.new_empty(0), v.new_empty(0))
+    return torch.empty_like(q), dk, dv, alpha.new_empty(alpha.shape) if need_dalpha else alpha.new_empty(0)
