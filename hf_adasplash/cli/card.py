@@ -25,12 +25,12 @@ def build_parser(p: argparse.ArgumentParser) -> None:
 def _ppl_table(evals: list[dict]) -> str:
     if not evals:
         return "No evaluation given (`hf-adasplash eval ... -o eval.json`, then `card --eval eval.json`)."
-    rows = ["| attention | alpha | dataset / split | window / stride | tokens | perplexity |",
-            "|---|---|---|---|---:|---:|"]
+    rows = ["| model | attention | alpha | dataset / split | window / stride | tokens | perplexity |",
+            "|---|---|---|---|---|---:|---:|"]
     for e in evals:
-        alpha = "learned" if e["attn"] == "adasplash" and e.get("alpha") is None else (e.get("alpha") or "softmax")
-        rows.append(f"| {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | {e['max_length']} / {e['stride']} | "
-                    f"{e['num_tokens']:,} | {e['perplexity']:.3f} |")
+        alpha = "checkpoint's" if e["attn"] == "adasplash" and e.get("alpha") is None else (e.get("alpha") or "softmax")
+        rows.append(f"| {Path(e['model']).name} | {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | "
+                    f"{e['max_length']} / {e['stride']} | {e['num_tokens']:,} | {e['perplexity']:.3f} |")
     return "\n".join(rows)
 
 

@@ -18,7 +18,7 @@ from hf_adasplash.cli._common import console, positive_int, write_json
 # (CPU, GPU) defaults: the CPU run fits in ~10 minutes on 2 cores; the GPU run is a real (short) fine-tune.
 # The CPU run starts the anneal at 1.1: the exact CPU entmax needs many more Newton steps for tau as alpha -> 1.
 PRESETS = {
-    "cpu": {"steps": 40, "context_length": 128, "batch_size": 2, "eval_tokens": 2048, "lr": 1e-4, "alpha_init": 1.1},
+    "cpu": {"steps": 40, "context_length": 128, "batch_size": 2, "eval_tokens": 1024, "lr": 1e-4, "alpha_init": 1.1},
     "gpu": {"steps": 300, "context_length": 1024, "batch_size": 8, "eval_tokens": 65536, "lr": 5e-5,
             "alpha_init": 1.01},
 }
@@ -42,18 +42,19 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None, help="blocks per step (default: CPU 2, GPU 8)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the weights (default: CPU 1e-4, GPU 5e-5)")
     p.add_argument("--eval-tokens", type=positive_int, default=None,
-                   help="held-out tokens scored for perplexity (default: CPU 2048, GPU 65536)")
+                   help="held-out tokens scored for perplexity (default: CPU 1024, GPU 65536)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
 
-def _ppl(model_path: str, attn: str, alpha, ids, window: int) -> dict:
+def _ppl(model_path: str, attn: str, alpha, ids, window: int, dataset: str) -> dict:
+    """Perplexity in the format of ``hf-adasplash eval --output`` (so ``card`` can read it)."""
     from hf_adasplash.evaluation import load_model, perplexity
 
-    model, _, _ = load_model(model_path, attn, alpha)
-    result = perplexity(model, ids, window, max(window // 2, 1))
+    model, _, path = load_model(model_path, attn, alpha)
+    result = perplexity(model, ids, window, window)  # non-overlapping windows: 2x cheaper than stride window/2
     del model
     gc.collect()
-    return result
+    return {"model": path, "attn": attn, "alpha": alpha, "dataset": dataset, "split": "test", **result}
 
 
 def run(args) -> int:
@@ -88,8 +89,9 @@ def run(args) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     ids = corpus_ids(load_text(args.dataset, "test"), tokenizer, max_tokens=args.eval_tokens or preset["eval_tokens"])
-    ppl = {"pretrained, softmax (sdpa)": _ppl(base, "sdpa", None, ids, ctx),
-           f"pretrained, alpha={args.alpha} without training": _ppl(base, "adasplash", args.alpha, ids, ctx)}
+    ppl = {"pretrained, softmax (sdpa)": _ppl(base, "sdpa", None, ids, ctx, args.dataset),
+           f"pretrained, alpha={args.alpha} without training": _ppl(base, "adasplash", args.alpha, ids, ctx,
+                                                                    args.dataset)}
     for k, v in ppl.items():
         c.print(f"{k}: perplexity {v['perplexity']:.2f}")
     phase("eval before", t0)
@@ -109,8 +111,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     c.rule("4/5 perplexity after fine-tuning")
     tuned = str(out / "model")
-    ppl["fine-tuned, adasplash (learned/annealed alpha)"] = _ppl(tuned, "adasplash", None, ids, ctx)
-    ppl["fine-tuned weights, softmax (sdpa)"] = _ppl(tuned, "sdpa", None, ids, ctx)
+    ppl["fine-tuned, adasplash (learned/annealed alpha)"] = _ppl(tuned, "adasplash", None, ids, ctx, args.dataset)
+    ppl["fine-tuned weights, softmax (sdpa)"] = _ppl(tuned, "sdpa", None, ids, ctx, args.dataset)
     for k, v in list(ppl.items())[2:]:
         c.print(f"{k}: perplexity {v['perplexity']:.2f}")
     phase("eval after", t0)
@@ -132,6 +134,11 @@ def run(args) -> int:
               "timings_s": timings, "hardware": hardware(), "eval_window": ctx, "eval_tokens": int(ids.size(1))}
     write_json(out / "demo.json", result)
     (out / "REPORT.md").write_text(report.demo_markdown(result, [p.relative_to(out) for p in pngs]))
+    from hf_adasplash.cli.card import render
+
+    # The fine-tuned folder gets its model card (README.md, as on the Hub).
+    (out / "model" / "README.md").write_text(render(out / "model", list(ppl.values()), stats,
+                                                    f"{Path(base).name}-adasplash-demo", "apache-2.0"))
     c.rule("done")
     c.print(f"[bold]report: {out / 'REPORT.md'}[/]  model: {tuned}  total {timings['total']} s")
     return 0

@@ -103,6 +103,8 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, tiny_model, corpus):
     report = (out / "REPORT.md").read_text()
     assert "## Perplexity" in report and "![pattern](sparsity/pattern.png)" in report
     assert (out / "sparsity" / "pattern.png").is_file() and (out / "model" / "config.json").is_file()
+    card = (out / "model" / "README.md").read_text()  # the fine-tuned folder carries its model card
+    assert "base_model:" in card and f"{result['perplexity']['pretrained, softmax (sdpa)']['perplexity']:.3f}" in card
 
 
 def test_convert_uses_the_cache_and_reports_a_missing_wheel(tmp_path, monkeypatch, capsys):
