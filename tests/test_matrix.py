@@ -63,8 +63,9 @@ def _cases() -> list[Case]:
                 alpha = MIXES[i % 2] if i % 7 == 3 else ALPHAS[i % len(ALPHAS)]
                 cases.append(Case(Nq=n, Nk=n, D=d, dtype=dt, alpha=alpha, causal=bool(i % 2)))
                 i += 1
-    for dt in DTYPES:  # N = 1000, small in B and H
-        cases.append(Case(B=1, Hq=1, Hkv=1, Nq=1000, Nk=1000, D=64, dtype=dt, alpha=1.5, causal=True, grads=False))
+    for dt in DTYPES:  # N = 1000, small in B and H (the square case in two dtypes: its float64 truth is slow)
+        if dt in ("f32", "bf16"):
+            cases.append(Case(B=1, Hq=1, Hkv=1, Nq=1000, Nk=1000, D=64, dtype=dt, alpha=1.5, causal=True, grads=False))
         cases.append(Case(B=1, Hq=4, Hkv=2, Nq=17, Nk=1000, D=80, dtype=dt, alpha=MIXES[0], causal=True))
     for nq, nk in ((1, 65), (63, 64), (65, 2), (2, 63)):  # Nq != Nk, bottom-right causal
         for dt in ("f64", "f32", "bf16"):

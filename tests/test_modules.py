@@ -181,8 +181,8 @@ def _stability_main():
     return mod.main
 
 
-TINY = ["--device", "cpu", "--dim", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq", "16",
-        "--batch", "2", "--vocab", "16", "--log-every", "10"]
+TINY = ["--device", "cpu", "--dim", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq", "8",
+        "--batch", "2", "--vocab", "8", "--log-every", "10"]
 
 
 def test_stability_run_smoke(tmp_path):
