@@ -138,14 +138,15 @@ def demo_markdown(result: dict, pngs: list) -> str:
              f"{r['batch_size']}x{r['context_length']} tokens ({ft['tokens']:,} tokens, {ft['tokens_per_s']} tok/s), "
              f"alpha schedule `{r['alpha_schedule']}` (init {r['alpha_init']}, target {r['alpha']}), "
              f"lr {r['lr']}, alpha lr {r['alpha_lr']}.", "",
-             f"## Perplexity (held-out split, {result['eval_tokens']:,} tokens, window {result['eval_window']}, "
-             "stride half the window)", "", "| model | attention | perplexity |", "|---|---|---:|"]
+             f"## Perplexity (held-out split, {result['eval_tokens']:,} tokens, non-overlapping windows of "
+             f"{result['eval_window']})", "", "| model | perplexity |", "|---|---:|"]
     for name, v in result["perplexity"].items():
-        lines.append(f"| {name} | | {v['perplexity']:.2f} |")
+        lines.append(f"| {name} | {v['perplexity']:.2f} |")
     flat = [a for row in ft["alpha"] for a in row]
     lines += ["", "## alpha", "", f"{len(ft['alpha'])} layers x {len(ft['alpha'][0]) if ft['alpha'] else 0} heads: "
               f"mean {sum(flat) / len(flat):.3f}, min {min(flat):.3f}, max {max(flat):.3f}.", "",
-              "## Sparsity (measured on held-out text)", "",
+              f"## Sparsity (measured on {sp['num_sequences']} held-out sequences of {sp['context_length']} tokens)",
+              "",
               f"{_pct(sp['zero_fraction'])} of the visible attention weights are exactly zero; "
               f"{_pct(sp['block_zero_fraction'])} of the visible {sp['block_size']}x{sp['block_size']} tiles are "
               "all-zero and skipped by the kernels.", "",

@@ -17,6 +17,8 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    help="`eval --output` results (e.g. the softmax baseline and the adasplash model)")
     p.add_argument("--sparsity", default=None, metavar="JSON", help="`sparsity` result (sparsity.json)")
     p.add_argument("--name", default=None, help="model name in the title (default: the folder name)")
+    p.add_argument("--base-model", default=None,
+                   help="base model id for the card's metadata (default: the path recorded in finetune.json)")
     p.add_argument("--license", default="apache-2.0", help="license tag (default: apache-2.0, SmolLM2's)")
     p.add_argument("--output", "-o", default=None,
                    help="card path (default: model_cards/<name>.md); use <model_dir>/README.md for the Hub")
@@ -59,11 +61,12 @@ def _sparsity(sp: dict | None) -> str:
         f"{sv['backward_flops']['saved_fraction']:.1%}; negative = costs more."])
 
 
-def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str) -> str:
+def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str,
+           base_model: str | None = None) -> str:
     ft = read_json(model_dir / "finetune.json")
     r, hw = ft["recipe"], ft.get("hardware", {})
     return string.Template(TEMPLATE.read_text()).substitute(
-        name=name, base_model=ft["base_model"], license=license, version=hw.get("hf_adasplash", "?"),
+        name=name, base_model=base_model or ft["base_model"], license=license, version=hw.get("hf_adasplash", "?"),
         model_path=str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
         steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
         context=r["context_length"], alpha_schedule=r["alpha_schedule"], alpha_init=r["alpha_init"],
@@ -83,7 +86,7 @@ def run(args) -> int:
         raise UserError(f"{model_dir} has no finetune.json: point at a folder written by `hf-adasplash finetune`")
     name = args.name or model_dir.resolve().name
     card = render(model_dir, [read_json(p) for p in args.eval],
-                  read_json(args.sparsity) if args.sparsity else None, name, args.license)
+                  read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model)
     out = Path(args.output) if args.output else Path("model_cards") / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)

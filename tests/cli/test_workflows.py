@@ -96,7 +96,8 @@ def test_card_needs_a_finetune_folder(tmp_path, capsys):
 def test_demo_end_to_end_on_a_tiny_model(tmp_path, tiny_model, corpus):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(tiny_model), "--dataset", str(corpus), "--steps", "3", "--context-length",
-                 "32", "--batch-size", "2", "--eval-tokens", "200", "--lr", "3e-3", "-o", str(out)]) == 0
+                 "32", "--batch-size", "2", "--eval-tokens", "200", "--lr", "3e-3", "--sparsity-length", "64",
+                 "-o", str(out)]) == 0
     result = json.loads((out / "demo.json").read_text())
     assert len(result["perplexity"]) == 4 and all(v["perplexity"] > 1 for v in result["perplexity"].values())
     assert result["finetune"]["alpha"][0][0] == pytest.approx(1.5)  # annealed to the target
