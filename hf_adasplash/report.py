@@ -94,9 +94,10 @@ def pattern_plot(pattern: dict, block_size: int, path: str | Path, alpha: float 
     masked = np.ma.masked_where(probs <= 0, probs)
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
     cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = cmap.with_extremes(bad="white")
     im = ax.imshow(masked, cmap=cmap, interpolation="nearest",
-                   norm=matplotlib.colors.LogNorm(vmin=max(masked.min(), 1e-6), vmax=1.0) if masked.count() else None)
+                   norm=matplotlib.colors.LogNorm(vmin=min(max(masked.min(), 1e-6), 1e-3), vmax=1.0)
+                   if masked.count() else None)
     for x in range(block_size, max(probs.shape), block_size):
         ax.axhline(x - 0.5, color="0.7", lw=0.5)
         ax.axvline(x - 0.5, color="0.7", lw=0.5)

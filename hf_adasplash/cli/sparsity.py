@@ -18,7 +18,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-sequences", type=positive_int, default=2, help="sequences measured (default: 2)")
     p.add_argument("--block-size", type=positive_int, default=64, help="tile size of the block statistic (default: 64)")
     p.add_argument("--pattern", default=None, metavar="LAYER,HEAD",
-                   help="head whose attention pattern to plot (default: the sparsest head)")
+                   help="head whose attention pattern to plot (default: the median head by zero fraction)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--output-dir", "-o", default="adasplash-sparsity", help="JSON + PNGs go here")
 
@@ -54,9 +54,10 @@ def measure(model, blocks, block_size: int = 64, pattern: tuple[int, int] | None
             runs.append(hf_adasplash.sparsity_stats(model, {"input_ids": blocks[i : i + 1].to(device)}, block_size)
                         .to_dict())
     stats = _merge(runs)
-    if pattern is None:  # the sparsest head by blocks, then weights
-        best = max(stats["heads"], key=lambda h: (h["block_zero_fraction"], h["zero_fraction"]))
-        pattern = (best["layer"], best["head"])
+    if pattern is None:  # a typical head: the median by zero fraction (the sparsest ones often just sink to token 0)
+        ranked = sorted(stats["heads"], key=lambda h: (h["zero_fraction"], h["block_zero_fraction"]))
+        typical = ranked[len(ranked) // 2]
+        pattern = (typical["layer"], typical["head"])
     if not (0 <= pattern[0] < stats["num_layers"] and 0 <= pattern[1] < stats["num_heads"]):
         from hf_adasplash.assets import UserError
 
