@@ -21,9 +21,9 @@ from hf_adasplash.cli._common import console, positive_int, write_json
 # spans many of them (at 128 tokens every visible tile holds the first token or the diagonal).
 PRESETS = {
     "cpu": {"steps": 32, "context_length": 128, "batch_size": 2, "eval_tokens": 1024, "lr": 1e-4, "alpha_init": 1.1,
-            "sparsity_length": 512},
+            "sparsity_length": 512, "sparsity_sequences": 1},
     "gpu": {"steps": 300, "context_length": 1024, "batch_size": 8, "eval_tokens": 65536, "lr": 5e-5,
-            "alpha_init": 1.01, "sparsity_length": 2048},
+            "alpha_init": 1.01, "sparsity_length": 2048, "sparsity_sequences": 4},
 }
 
 
@@ -126,7 +126,8 @@ def run(args) -> int:
     c.rule("5/5 sparsity")
     model, _, _ = load_model(tuned, "adasplash")
     length = args.sparsity_length or max(ctx, preset["sparsity_length"])
-    blocks = pack(load_text(args.dataset, "test"), tokenizer, length, max_blocks=2)[:]["input_ids"]
+    blocks = pack(load_text(args.dataset, "test"), tokenizer, length,
+                  max_blocks=preset["sparsity_sequences"])[:]["input_ids"]
     stats = measure(model, blocks)
     stats.update(model=tuned, dataset=args.dataset, split="test", context_length=length)
     pngs = write_outputs(stats, out / "sparsity")
