@@ -7,6 +7,7 @@ The per-window NLL sums go through the local ``evaluate`` module in ``hf_adaspla
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def hardware() -> dict:
 
     import hf_adasplash
 
-    info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
+    cpu = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu,
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "hf_adasplash": hf_adasplash.__version__}
     return info

@@ -19,19 +19,22 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model name in the title (default: the folder name)")
     p.add_argument("--base-model", default=None,
                    help="base model id for the card's metadata (default: the path recorded in finetune.json)")
+    p.add_argument("--model-id", default=None,
+                   help="how users load the model, e.g. a Hub repo id (default: the model folder)")
     p.add_argument("--license", default="apache-2.0", help="license tag (default: apache-2.0, SmolLM2's)")
     p.add_argument("--output", "-o", default=None,
                    help="card path (default: model_cards/<name>.md); use <model_dir>/README.md for the Hub")
 
 
-def _ppl_table(evals: list[dict]) -> str:
+def _ppl_table(evals: list[dict], model_dir: Path) -> str:
     if not evals:
         return "No evaluation given (`hf-adasplash eval ... -o eval.json`, then `card --eval eval.json`)."
     rows = ["| model | attention | alpha | dataset / split | window / stride | tokens | perplexity |",
             "|---|---|---|---|---|---:|---:|"]
     for e in evals:
         alpha = "checkpoint's" if e["attn"] == "adasplash" and e.get("alpha") is None else (e.get("alpha") or "softmax")
-        rows.append(f"| {Path(e['model']).name} | {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | "
+        name = "this model" if Path(e["model"]).resolve() == model_dir.resolve() else Path(e["model"]).name
+        rows.append(f"| {name} | {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | "
                     f"{e['max_length']} / {e['stride']} | {e['num_tokens']:,} | {e['perplexity']:.3f} |")
     return "\n".join(rows)
 
@@ -41,7 +44,10 @@ def _alpha_summary(alpha: list[list[float]]) -> str:
         return "No alpha found."
     flat = [a for row in alpha for a in row]
     rows = [f"{len(alpha)} layers x {len(alpha[0])} heads; mean {sum(flat) / len(flat):.3f}, min {min(flat):.3f}, "
-            f"max {max(flat):.3f}.", "", "| layer | mean | min | max |", "|---:|---:|---:|---:|"]
+            f"max {max(flat):.3f}."]
+    if max(flat) - min(flat) < 1e-4:  # fixed or annealed: every head has the same alpha
+        return rows[0]
+    rows += ["", "| layer | mean | min | max |", "|---:|---:|---:|---:|"]
     rows += [f"| {i} | {sum(r) / len(r):.3f} | {min(r):.3f} | {max(r):.3f} |" for i, r in enumerate(alpha)]
     return "\n".join(rows)
 
@@ -62,19 +68,19 @@ def _sparsity(sp: dict | None) -> str:
 
 
 def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str,
-           base_model: str | None = None) -> str:
+           base_model: str | None = None, model_id: str | None = None) -> str:
     ft = read_json(model_dir / "finetune.json")
     r, hw = ft["recipe"], ft.get("hardware", {})
     return string.Template(TEMPLATE.read_text()).substitute(
         name=name, base_model=base_model or ft["base_model"], license=license, version=hw.get("hf_adasplash", "?"),
-        model_path=str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
+        model_path=model_id or str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
         steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
         context=r["context_length"], alpha_schedule=r["alpha_schedule"], alpha_init=r["alpha_init"],
         alpha_target=r["alpha"], min_alpha=r["min_alpha"], max_alpha=r["max_alpha"], lr=r["lr"],
         alpha_lr=r["alpha_lr"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup_steps"],
         precision=ft.get("mixed_precision", "?"), processes=ft.get("num_processes", 1),
         throughput=ft.get("tokens_per_s"), hardware=hw.get("device", "?"),
-        ppl_table=_ppl_table(evals), alpha_summary=_alpha_summary(ft["alpha"]), sparsity=_sparsity(sparsity),
+        ppl_table=_ppl_table(evals, model_dir), alpha_summary=_alpha_summary(ft["alpha"]), sparsity=_sparsity(sparsity),
         versions=", ".join(f"{k} {hw[k]}" for k in ("hf_adasplash", "transformers", "torch") if k in hw))
 
 
@@ -86,7 +92,8 @@ def run(args) -> int:
         raise UserError(f"{model_dir} has no finetune.json: point at a folder written by `hf-adasplash finetune`")
     name = args.name or model_dir.resolve().name
     card = render(model_dir, [read_json(p) for p in args.eval],
-                  read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model)
+                  read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model,
+                  args.model_id)
     out = Path(args.output) if args.output else Path("model_cards") / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)
