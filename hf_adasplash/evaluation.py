@@ -82,12 +82,14 @@ def load_model(name_or_path: str, attn: str = "sdpa", alpha: float | None = None
 
 
 def model_context(model, requested: int | None) -> int:
-    """The window length: ``requested``, else the model's maximum positions (capped at 4096)."""
+    """The window length: ``requested``, else the model's maximum positions, capped at 4096 on GPU and 1024 on
+    CPU (where adasplash runs the dense reference, whose memory grows with the square of the window)."""
     if requested is not None:
         if requested <= 0:
             raise UserError(f"context length must be > 0, got {requested}")
         return requested
-    return min(int(getattr(model.config, "max_position_embeddings", 1024) or 1024), 4096)
+    cap = 4096 if next(model.parameters()).is_cuda else 1024
+    return min(int(getattr(model.config, "max_position_embeddings", cap) or cap), cap)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    "default: the checkpoint's learned alpha")
     add_data_args(p, split="test")
     p.add_argument("--context-length", type=int, default=None,
-                   help="window length in tokens (default: the model's maximum, capped at 4096)")
+                   help="window length in tokens (default: the model's maximum, capped at 4096 on GPU, 1024 on CPU)")
     p.add_argument("--stride", type=int, default=None, help="window step in tokens (default: half the window)")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="score only the first N tokens of the split")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
