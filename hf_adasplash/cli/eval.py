@@ -13,7 +13,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    help="attention implementation; sdpa/eager score the same weights with softmax (default: sdpa)")
     p.add_argument("--alpha", type=float, default=None,
                    help="with --attn adasplash: override every head's alpha (1.0 = exact softmax); "
-                   "default: the checkpoint's learned alpha")
+                   "default: the checkpoint's alpha (1.5 for a softmax checkpoint)")
     add_data_args(p, split="test")
     p.add_argument("--context-length", type=int, default=None,
                    help="window length in tokens (default: the model's maximum, capped at 4096 on GPU, 1024 on CPU)")
