@@ -46,7 +46,12 @@ def _row_strides(rows, varlen):
 
 
 def _last_dim_contiguous(*ts):
-    return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
+    # Expanded (stride-0) dims are copied too: the backward writes dq/dk/dv with the inputs' strides.
+    return [t if t.stride(-1) == 1 and not _overlaps(t) else t.contiguous() for t in ts]
+
+
+def _overlaps(t):
+    return any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape))
 
 
 def _aux(q, q_pos, k_pos, kpm):
