@@ -19,11 +19,12 @@ def _is_int(x) -> bool:
     return isinstance(x, Integral) and not isinstance(x, bool)
 
 
-def check_alpha(alpha, num_heads: int | None = None, device: torch.device | None = None) -> None:
+def check_alpha(alpha, num_heads: int | None = None, device: torch.device | None = None, values: bool = True) -> None:
     """alpha must be 1 (softmax) or in (1, 2]: a float, a 0-d tensor, or a tensor with one value per head.
 
     Tensor values are checked eagerly (one host sync; skipped under ``torch.compile``): an out-of-range alpha would
-    otherwise give a silently wrong (alpha < 1) or NaN (alpha > 2 far out) result.
+    otherwise give a silently wrong (alpha < 1) or NaN (alpha > 2 far out) result. ``values=False`` skips that sync
+    for alphas that are in range by construction (an ``AlphaParameter``'s output).
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (Real, torch.Tensor)):
         raise TypeError(f"alpha must be a float or a torch.Tensor, got {type(alpha).__name__}")
@@ -35,7 +36,7 @@ def check_alpha(alpha, num_heads: int | None = None, device: torch.device | None
                              f"got {list(alpha.shape)}")
         if device is not None and alpha.device != device and alpha.device.type != "cpu":
             raise ValueError(f"alpha must be on {device} (or the CPU), got {alpha.device}")
-        if _is_tracing() or alpha.device.type == "meta":
+        if not values or _is_tracing() or alpha.device.type == "meta":
             return
         a = alpha.detach()
         bad = ~torch.isfinite(a) | ((a != 1) & ((a <= 1) | (a > 2)))

@@ -53,6 +53,7 @@ def adasplash_attention(
     window: int | None = None,
     softcap: float | None = None,
     backend: str = "auto",
+    _check_alpha_values: bool = True,
 ) -> torch.Tensor:
     r"""alpha-entmax attention ("AdaSplash").
 
@@ -76,9 +77,12 @@ def adasplash_attention(
 
     Returns:
         ``[B, Hq, Nq, D]`` in the dtype of ``q``. Rows with no visible key are zero (never NaN).
+
+    ``_check_alpha_values=False`` (internal) skips the value check of a tensor alpha, a host sync, for alphas that
+    are in range by construction.
     """
     V.check_qkv(q, k, v)
-    V.check_alpha(alpha, q.shape[1], q.device)
+    V.check_alpha(alpha, q.shape[1], q.device, values=_check_alpha_values)
     V.check_options(scale=scale, window=window, softcap=softcap, backend=backend)
     V.check_masks(q, k, key_padding_mask, q_idx, k_idx)
     kw = {
@@ -107,6 +111,7 @@ def adasplash_varlen_attention(
     window: int | None = None,
     softcap: float | None = None,
     backend: str = "auto",
+    _check_alpha_values: bool = True,
 ) -> torch.Tensor:
     r"""alpha-entmax attention over packed sequences, in ``flash_attn_varlen_func``'s layout.
 
@@ -121,7 +126,7 @@ def adasplash_varlen_attention(
         ``[total_q, Hq, D]``; each segment attends only within itself.
     """
     V.check_qkv_varlen(q, k, v)
-    V.check_alpha(alpha, q.shape[1], q.device)
+    V.check_alpha(alpha, q.shape[1], q.device, values=_check_alpha_values)
     V.check_options(scale=scale, window=window, softcap=softcap, backend=backend)
     longest_q = V.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     longest_k = V.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
