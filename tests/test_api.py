@@ -172,3 +172,17 @@ def test_bad_varlen(case):
     overrides, exc, match = BAD_VARLEN[case]
     with pytest.raises(exc, match=match):
         _varlen(**overrides)
+
+
+def test_trusted_alpha_skips_only_the_value_check():
+    # An AlphaParameter's output is in range by construction: the integration skips the value check (a host sync
+    # on GPU) but shape and dtype are still checked.
+    from hf_adasplash._validation import check_alpha
+
+    check_alpha(torch.tensor([3.0, 1.5]), 2, values=False)
+    with pytest.raises(ValueError, match="alpha must be 1"):
+        check_alpha(torch.tensor([3.0, 1.5]), 2)
+    with pytest.raises(ValueError, match="shape"):
+        check_alpha(torch.tensor([1.5, 1.5, 1.5]), 2, values=False)
+    with pytest.raises(TypeError, match="floating point"):
+        check_alpha(torch.tensor([1, 2]), 2, values=False)
