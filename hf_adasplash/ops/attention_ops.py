@@ -45,6 +45,11 @@ def _row_strides(rows, varlen):
     return (0, rows.stride(0)) if varlen else (rows.stride(0), rows.stride(1))
 
 
+def _io_strides(strides, **tensors):
+    """``stride_{name}b/h/n`` kernel arguments (batch, head, token) for each named tensor."""
+    return {f"stride_{name}{axis}": st for name, t in tensors.items() for axis, st in zip("bhn", strides(t))}
+
+
 def _last_dim_contiguous(*ts):
     # Expanded (stride-0) dims are copied too: the backward writes dq/dk/dv with the inputs' strides.
     return [t if t.stride(-1) == 1 and not _overlaps(t) else t.contiguous() for t in ts]
@@ -109,10 +114,7 @@ def attn_fwd(
         q=q, k=k, v=v, o=o, o2=o2, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
         tile_idx=tile_idx, tile_cnt=tile_cnt, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
-        stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
-        stride_kb=strides(k)[0], stride_kh=strides(k)[1], stride_kn=strides(k)[2],
-        stride_vb=strides(v)[0], stride_vh=strides(v)[1], stride_vn=strides(v)[2],
-        stride_ob=strides(o)[0], stride_oh=strides(o)[1], stride_on=strides(o)[2],
+        **_io_strides(strides, q=q, k=k, v=v, o=o),
         stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
@@ -177,10 +179,7 @@ def attn_bwd(
         q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta,
         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
-        stride_qb=strides(q)[0], stride_qh=strides(q)[1], stride_qn=strides(q)[2],
-        stride_kb=strides(k)[0], stride_kh=strides(k)[1], stride_kn=strides(k)[2],
-        stride_vb=strides(v)[0], stride_vh=strides(v)[1], stride_vn=strides(v)[2],
-        stride_ob=strides(o)[0], stride_oh=strides(o)[1], stride_on=strides(o)[2],
+        **_io_strides(strides, q=q, k=k, v=v, o=o),
         stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN, num_warps=t.bwd_warps, num_stages=t.bwd_stages,
         **flags,
@@ -198,8 +197,7 @@ def attn_bwd(
     adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
         do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
         q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
-        stride_dkb=strides(dk)[0], stride_dkh=strides(dk)[1], stride_dkn=strides(dk)[2],
-        stride_dvb=strides(dv)[0], stride_dvh=strides(dv)[1], stride_dvn=strides(dv)[2],
+        **_io_strides(strides, dk=dk, dv=dv),
         **common,
     )
     return dq, dk, dv, dalpha
