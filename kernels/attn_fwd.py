@@ -18,7 +18,15 @@ C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V /
 
 import triton
 import triton.language as tl
-from hf_adasplash.kernels.attn_utils import compact, dot_to_z, entmax_u, kv_range, tile_needs_mask, visible
+from hf_adasplash.kernels.attn_utils import (
+    compact,
+    dot_to_z,
+    entmax_u,
+    entmax_u_u2,
+    kv_range,
+    tile_needs_mask,
+    visible,
+)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -61,7 +69,8 @@ def adasplash_fwd_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
-    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
+    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, HALLEY: tl.constexpr = True,
+    HALLEY_GENERAL: tl.constexpr = False,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -145,10 +154,13 @@ def adasplash_fwd_kernel(
         cnt += 0
     else:
         it = 0
+        b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
+        b_hi = tl.where(row_ok, b_m, float("inf"))  # tau < max: the row's top entry always has p > 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
             b_s0 = tl.zeros([BM], dtype=tl.float32)
             b_s1 = tl.zeros([BM], dtype=tl.float32)
+            b_s2 = tl.zeros([BM], dtype=tl.float32)
             for j in range(0, cnt):
                 n0 = tl.load(p_idx + j) * BN
                 b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
@@ -156,19 +168,47 @@ def adasplash_fwd_kernel(
                                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
                 # [BM, BN]
                 b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
-                b_u = entmax_u(b_x, pm1)
+                if HALLEY:
+                    b_u, b_u2 = entmax_u_u2(b_x, pm1, HALLEY_GENERAL)
+                    b_s2 += tl.sum(b_u2, 1)
+                else:
+                    b_u = entmax_u(b_x, pm1)
                 b_s0 += tl.sum(b_u * b_x, 1)
                 b_s1 += tl.sum(b_u, 1)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
-            b_step = (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1
-            b_step = tl.where(ok, tl.maximum(b_step, 0.0), 0.0)
-            b_tau += b_step
+            # Newton on h: exact when the support is a set of equal scores; lands left of the root from any point
+            b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
+            b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
+            b_sc = tl.maximum(tl.abs(b_lo), 1.0)
+            if HALLEY:
+                # Halley: h''/(-2h') = (p-1)(S0 S2 - S1^2)/(2 S0 S1) >= 0 (Cauchy-Schwarz); steps past the root
+                # are caught by the bracket [lo, hi) and fall back to the certified Newton point
+                b_hi = tl.where(ok & (b_s0 < 1.0), tl.minimum(b_hi, b_tau), b_hi)
+                b_r = tl.maximum(pm1 * (b_s0 * tl.where(ok, b_s2, 0.0) - b_s1 * b_s1) / (2.0 * b_s0 * b_s1), 0.0)
+                # S2 is known for alpha = 1.5 (and any alpha with HALLEY_GENERAL); alpha = 2 has no curvature term
+                if HALLEY_GENERAL:
+                    has_curv = pm1 != 0.0
+                else:
+                    has_curv = pm1 == 1.0
+                b_r = tl.where(has_curv, b_r, 0.0)
+                b_den = 1.0 - b_dn * b_r
+                b_new = b_tau + tl.where(b_den > 0.25, b_dn / b_den, b_dn)
+                b_new = tl.where((b_new >= b_lo) & (b_new < b_hi), b_new, b_lo)
+                # converged: the step is tiny, or Newton's own error after it (r dn^2) is far below the tolerance
+                b_lim = tl.where(has_curv, TAU_TOL * 1e-3 * b_sc, -1.0)  # no curvature: no error estimate
+                b_conv = (tl.abs(b_new - b_tau) <= TAU_TOL * b_sc) | (b_r * b_dn * b_dn <= b_lim)
+            else:
+                b_new = b_lo
+                b_conv = b_new - b_tau <= TAU_TOL * b_sc
+            b_tau = tl.where(ok, b_new, b_tau)
             it += 1
-            go = (it < MAX_ITERS) & (tl.max(b_step / tl.maximum(tl.abs(b_tau), 1.0), 0) > TAU_TOL)
-        # tau only grew: keep the tiles that still beat the final threshold (in place, order kept)
-        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+            go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)
+        # the output uses a tau at or above the certified bound the tile list is compacted with
+        b_tau = tl.where(row_ok, tl.maximum(b_tau, b_lo), b_tau)
+        thr = tl.min(tl.where(row_ok, b_lo - b_m, float("inf")), 0)
+        # the bound only grew: keep the tiles that still beat it (in place, order kept)
         cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         tl.debug_barrier()
 

@@ -122,6 +122,29 @@ def entmax_u(b_x, pm1):
 
 
 @triton.jit
+def entmax_u_u2(b_x, pm1, GENERAL_U2: tl.constexpr):
+    """(u, u2) with u = x^(p-1) as in ``entmax_u`` and u2 = x^(p-2) (0 off the support), p = 1/(alpha-1).
+
+    u2 feeds the curvature of the tau equation (Halley steps). alpha = 1.5 gives u2 = 1 on the support and alpha = 2
+    needs none (the curvature factor p - 1 is 0); other alphas pay one more exp2 per element, only with GENERAL_U2.
+    """
+    if pm1 == 1.0:
+        b_u = b_x
+        b_u2 = tl.where(b_x > 0, 1.0, 0.0)
+    elif pm1 == 0.0:
+        b_u = tl.where(b_x > 0, 1.0, 0.0)
+        b_u2 = tl.zeros_like(b_x)
+    else:
+        b_l = tl.log2(b_x)
+        b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
+        if GENERAL_U2:
+            b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)
+        else:
+            b_u2 = tl.zeros_like(b_x)
+    return b_u, b_u2
+
+
+@triton.jit
 def compact(p_val, stride_val, p_thr, thr, p_idx, p_out, start, end, CH: tl.constexpr, THR_VEC: tl.constexpr,
             GATHER: tl.constexpr):
     """Writes to ``p_out`` the indices i in [start, end) whose value beats the threshold; returns their count.

@@ -118,7 +118,7 @@ def attn_fwd(
         stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        num_warps=t.fwd_warps, num_stages=t.fwd_stages,
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, num_warps=t.fwd_warps, num_stages=t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
     return o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt
@@ -198,7 +198,7 @@ def attn_bwd(
         do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
         q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
         **_io_strides(strides, dk=dk, dv=dv),
-        **common,
+        **{**common, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": t.dkv_stages or t.bwd_stages},
     )
     return dq, dk, dv, dalpha
 

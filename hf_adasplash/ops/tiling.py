@@ -24,6 +24,10 @@ class Tiles:
     BNS: int  # dq walks each listed tile in slices of BNS keys
     BMS: int  # dk/dv walks each listed query block in slices of BMS rows
     BMQ: int  # rows per dq program (a slice of a forward block)
+    dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
+    dkv_stages: int = 0  # 0: same as bwd_stages
+    halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
+    halley_general: bool = False  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
 
 
 def tiles(head_dim: int) -> Tiles:

@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Sweep the attention kernels' launch settings (tile shapes, warps, stages, tau solver) on one GPU.
+
+Every variant is a ``hf_adasplash.ops.tiling.Tiles`` swapped in for the default one. For each case (D, N, input
+family, alpha) the sweep times SDPA (default dispatch) once, then each variant's forward (no grad) and
+forward+backward, and checks that the variant's output and gradients match the default variant's (bf16, relative
+max difference <= 2e-2). The backward time is fwd+bwd minus fwd. Writes JSON (device, versions, commit, every
+variant's times and ratios) and prints one line per variant.
+
+    python scripts/sweep_tiles.py --out sweep.json            # every case
+    python scripts/sweep_tiles.py --cases d64-random --out s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hf_adasplash.ops import attention_ops
+from hf_adasplash.ops.attention import adasplash_attention_triton
+from hf_adasplash.ops.tiling import tiles
+
+# (name, D, N, pos, alpha): B = 32k tokens // N, H = 16, causal, bf16
+CASES = {
+    "d64-random": (64, 4096, 0.0, 1.5),
+    "d64-random-a1.25": (64, 4096, 0.0, 1.25),
+    "d64-local2-16k": (64, 16384, 2.0, 1.5),
+    "d128-random": (128, 4096, 0.0, 1.5),
+    "d128-local2-16k": (128, 16384, 2.0, 1.5),
+}
+
+# cases that only compare the tau solvers (the launch settings are the same kernels as the alpha = 1.5 case)
+CASE_VARIANTS = {"d64-random-a1.25": {"default", "newton", "halley-general"}}
+
+
+def variants(D: int) -> dict[str, object]:
+    """Named launch settings for head dim D; "default" first (the reference for the consistency check)."""
+    t = tiles(D)
+    r = dataclasses.replace
+    out = {"default": t, "newton": r(t, halley=False), "halley-general": r(t, halley_general=True)}
+    w, s = t.fwd_warps, t.fwd_stages
+    for fw, fs in {(w, s - 1), (w, s + 1), (2 * w if w == 4 else w // 2, s)}:
+        if fs >= 1:
+            out[f"fwd-w{fw}s{fs}"] = r(t, fwd_warps=fw, fwd_stages=fs)
+    out["bm64"] = r(t, BM=64, BMS=min(t.BMS, 64), BMQ=min(t.BMQ, 64))
+    out["bn32"] = r(t, BN=32, BNS=32)
+    out["bn128"] = r(t, BN=128, BNS=min(t.BNS, 128) if t.BNS < t.BN else 128)
+    bw, bs = t.bwd_warps, t.bwd_stages
+    # dq kernel: rows per program (BMQ) and key slice (BNS); dk/dv kernel keeps its settings
+    for bmq, bns, dw, ds in [(t.BM, 32, bw, bs), (t.BM, 32, bw, bs + 1), (64, t.BN, bw, bs), (64, 32, bw, bs),
+                             (64, t.BN, 4, bs), (t.BM, t.BN, 8 if bw == 4 else 4, bs)]:
+        out[f"dq-m{bmq}n{bns}w{dw}s{ds}"] = r(t, BMQ=bmq, BNS=bns, bwd_warps=dw, bwd_stages=ds, dkv_warps=bw,
+                                             dkv_stages=bs)
+    # dk/dv kernel: query rows per slice (BMS); dq keeps its settings
+    for bms, kw, ks in [(64, bw, bs), (32, bw, bs), (64, bw, bs + 1), (32, bw, bs + 1), (t.BM, 8 if bw == 4 else 4,
+                                                                                        bs), (64, 4, bs)]:
+        out[f"dkv-m{bms}w{kw}s{ks}"] = r(t, BMS=bms, dkv_warps=kw, dkv_stages=ks)
+    return out
+
+
+def local_inputs(B, H, N, D, pos, requires_grad=True):
+    q, k, v = (torch.randn(B, H, N, D, device="cuda") for _ in range(3))
+    if pos:
+        i = torch.arange(N, device="cuda", dtype=torch.float32)[:, None]
+        f = 1.0 / (64.0 ** (torch.arange(D // 2, device="cuda", dtype=torch.float32) / (D // 2)))
+        c = torch.cat([(i * f).sin(), (i * f).cos()], -1) / math.sqrt(D // 2) * math.sqrt(D)
+        q, k = q + pos * c, k + pos * c
+    return [t.to(torch.bfloat16).requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
+def run_case(name, D, N, pos, alpha_value, bench, only=None):
+    B, H = max(1, 32768 // N), 16
+    torch.manual_seed(0)
+    q, k, v = local_inputs(B, H, N, D, pos)
+    alpha = torch.full((H,), alpha_value, device="cuda", requires_grad=True)
+    g = torch.randn_like(q)
+
+    def fb(fn):
+        def step():
+            for t in (q, k, v, alpha):
+                t.grad = None
+            fn().backward(g)
+        return step
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def ours():
+        return adasplash_attention_triton(q, k, v, alpha, is_causal=True)
+
+    with torch.no_grad():
+        t_sf = bench(sdpa)
+    t_sfb = bench(fb(sdpa))
+    rows, ref = [], None
+    for vname, cfg in variants(D).items():
+        keep = only or CASE_VARIANTS.get(name)
+        if keep and vname not in keep and vname != "default":
+            continue
+        attention_ops.tiles = lambda _d, _c=cfg: _c
+        try:
+            out = ours()
+            grads = torch.autograd.grad(out, (q, k, v, alpha), g)
+            res = [out, *grads]
+            if ref is None:
+                ref = [t.detach().clone() for t in res]
+            diff = max(_rel(a, b) for a, b in zip(res, ref))
+            with torch.no_grad():
+                t_f = bench(ours)
+            t_fb = bench(fb(ours))
+            row = {"variant": vname, "fwd_ms": round(t_f, 3), "fwd_bwd_ms": round(t_fb, 3),
+                   "bwd_ms": round(t_fb - t_f, 3), "fwd_ratio": round(t_f / t_sf, 3),
+                   "fwd_bwd_ratio": round(t_fb / t_sfb, 3), "bwd_ratio": round((t_fb - t_f) / (t_sfb - t_sf), 3),
+                   "max_rel_diff_vs_default": float(f"{diff:.3g}"), "consistent": diff <= 2e-2,
+                   "tiles": dataclasses.asdict(cfg)}
+        except Exception as e:  # a variant that does not compile or run is recorded, not fatal
+            row = {"variant": vname, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        finally:
+            attention_ops.tiles = tiles
+        rows.append(row)
+        print(f"{name:18s} {vname:22s} " + ("ERR " + row["error"][:120] if "error" in row else
+              f"fwd {row['fwd_ratio']:.2f}x bwd {row['bwd_ratio']:.2f}x fwd+bwd {row['fwd_bwd_ratio']:.2f}x "
+              f"diff {row['max_rel_diff_vs_default']:.1e}"), flush=True)
+        torch.cuda.empty_cache()
+    return {"case": name, "D": D, "N": N, "B": B, "H": H, "pos": pos, "alpha": alpha_value,
+            "sdpa_fwd_ms": round(t_sf, 3), "sdpa_fwd_bwd_ms": round(t_sfb, 3), "variants": rows}
+
+
+def _compile(jobs):
+    """Runs each (D, variant) once on a small input so that its kernels land in Triton's on-disk cache.
+
+    The small input has the large ones' specialisations (every stride a multiple of 16; lengths are not
+    specialised), so the timed sweep then loads instead of compiling. Run in worker processes, in parallel.
+    """
+    for D, vname in jobs:
+        cfg = variants(D)[vname]
+        attention_ops.tiles = lambda _d, _c=cfg: _c
+        q, k, v = local_inputs(2, 2, 256, D, 0.0)
+        alpha = torch.full((2,), 1.5, device="cuda", requires_grad=True)
+        try:
+            with torch.no_grad():
+                adasplash_attention_triton(q, k, v, alpha, is_causal=True)
+            adasplash_attention_triton(q, k, v, alpha, is_causal=True).sum().backward()
+            torch.cuda.synchronize()
+        except Exception as e:
+            print(f"compile {D} {vname}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    return len(jobs)
+
+
+def warm_cache(cases, only, workers):
+    import multiprocessing as mp
+
+    heads = sorted({CASES[c][0] for c in cases})
+    jobs = [(D, v) for D in heads for v in variants(D) if not only or v in only or v == "default"]
+    chunks = [jobs[i::workers] for i in range(workers)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        done = sum(pool.map(_compile, chunks))
+    print(f"compiled {done} variants in {workers} processes", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    p.add_argument("--variants", default="", help="comma list of variant names (default: all)")
+    p.add_argument("--out", default="sweep.json")
+    p.add_argument("--rep", type=int, default=30, help="do_bench repetitions (ms)")
+    p.add_argument("--compile-workers", type=int, default=8, help="processes that compile the variants first (0: none)")
+    args = p.parse_args(argv)
+    cases = args.cases.split(",")
+    from triton.testing import do_bench
+
+    def bench(fn):
+        return do_bench(fn, warmup=5, rep=args.rep, return_mode="median")
+
+    only = {v for v in args.variants.split(",") if v}
+    if args.compile_workers:
+        warm_cache(cases, only, args.compile_workers)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
+    import triton
+
+    data = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "commit": commit, "cases": []}
+    for name in cases:
+        data["cases"].append(run_case(name, *CASES[name], bench, only))
+        Path(args.out).write_text(json.dumps(data, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
