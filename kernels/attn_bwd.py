@@ -14,12 +14,15 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import (
     dot_to_z,
+    entmax_log2,
     entmax_u,
     kv_range,
+    prescale_q,
     q_range,
     softcap_grad,
     tile_needs_mask,
     visible,
+    z_minus_tau,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -33,7 +36,7 @@ def adasplash_bwd_kernel_dq(
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -72,7 +75,8 @@ def adasplash_bwd_kernel_dq(
     b_delta = tl.sum(b_do.to(tl.float32) * b_o2.to(tl.float32), 1)
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     tl.store(delta + p_row, b_delta, mask=m_row)
-    b_tau = tl.load(tau + p_row, mask=m_row, other=float("inf"))
+    b_mx = tl.load(tau + p_row, mask=m_row, other=0.0)
+    b_tau = tl.load(tau + stride_rs + p_row, mask=m_row, other=float("inf"))  # tau - m
 
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
     v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
@@ -82,11 +86,12 @@ def adasplash_bwd_kernel_dq(
     if HAS_POS:
         b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
 
-    a = tl.load(alpha + i_h).to(tl.float32)
-    is_soft = a == 1.0
-    a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
+    is_soft = a_m1 == 0.0
+    a_m1 = tl.where(is_soft, 1.0, a_m1)
     zs = tl.where(is_soft, LOG2E, a_m1)
     pm1 = 1.0 / a_m1 - 1.0
+    b_qs = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)  # only for the scores
 
     # rows m0.. use the list of their forward block (BMQ divides BM)
     i_blk = m0 // BM
@@ -98,7 +103,7 @@ def adasplash_bwd_kernel_dq(
     # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
     for js in range(0, cnt * (BN // BNS)):
         n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
-        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+        b_z, b_kt = score_tile(b_qs, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
                                k_pos_base, kpm_base, scale, softcap, zs, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
                                HAS_KPM, HAS_SOFTCAP, DOT_PREC)
         o_n = n0 + tl.arange(0, BNS)
@@ -106,7 +111,7 @@ def adasplash_bwd_kernel_dq(
         b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
                        mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
         # [BMQ, BNS]
-        b_x = b_z - b_tau[:, None]
+        b_x = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
         if is_soft:
             b_p = tl.exp2(b_x)
             b_u = b_p
@@ -118,7 +123,7 @@ def adasplash_bwd_kernel_dq(
         b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
         if NEED_DALPHA:
-            b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * tl.log2(b_x), 0.0), 1)
+            b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * entmax_log2(b_x, pm1), 0.0), 1)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if NEED_DALPHA:
         b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
@@ -158,7 +163,7 @@ def adasplash_bwd_kernel_dkv(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
@@ -205,9 +210,9 @@ def adasplash_bwd_kernel_dkv(
     for i_g in range(G):
         i_h = i_hk * G + i_g
         i_bh = i_b * H + i_h
-        a = tl.load(alpha + i_h).to(tl.float32)
-        is_soft = a == 1.0
-        a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+        a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
+        is_soft = a_m1 == 0.0
+        a_m1 = tl.where(is_soft, 1.0, a_m1)
         zs = tl.where(is_soft, LOG2E, a_m1)
         pm1 = 1.0 / a_m1 - 1.0
         q_base = q + i_b64 * stride_qb + i_h * stride_qh
@@ -232,10 +237,12 @@ def adasplash_bwd_kernel_dkv(
             b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
             b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
             # [BM]
-            b_tau = tl.load(tau + r_base + o_m, mask=m_row, other=float("inf"))
+            b_mx = tl.load(tau + r_base + o_m, mask=m_row, other=0.0)
+            b_tau = tl.load(tau + stride_rs + r_base + o_m, mask=m_row, other=float("inf"))  # tau - m
             b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
             # [BN, BMS]
-            b_z = dot_to_z(tl.dot(b_k, b_qt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
+            b_qs = prescale_q(b_qt, scale, zs, HAS_SOFTCAP, DOT_PREC)
+            b_z = dot_to_z(tl.dot(b_k, b_qs, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
             if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
                 b_qp = o_m
                 if HAS_POS:
@@ -243,7 +250,7 @@ def adasplash_bwd_kernel_dkv(
                 vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
                               b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
                 b_z = tl.where(vis, b_z, float("-inf"))
-            b_x = b_z - b_tau[None, :]
+            b_x = z_minus_tau(b_z, b_mx[None, :], b_tau[None, :], DOT_PREC)
             if is_soft:
                 b_p = tl.exp2(b_x)
                 b_u = b_p

@@ -21,11 +21,14 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_utils import (
     compact,
     dot_to_z,
+    entmax_log2,
     entmax_u,
     entmax_u_u2,
     kv_range,
+    prescale_q,
     tile_needs_mask,
     visible,
+    z_minus_tau,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -44,7 +47,7 @@ def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_
     b_kt = tl.load(k_base + o_n[None, :].to(tl.int64) * stride_kn + o_d[:, None], mask=m_d[:, None] & m_n[None, :],
                    other=0.0)
     # [BM, BN]
-    b_z = dot_to_z(tl.dot(b_q, b_kt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP)
+    b_z = dot_to_z(tl.dot(b_q, b_kt, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
     if tile_needs_mask(m0, m1, n0, n0 + BN - 1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
         b_kp = o_n
         b_kpm = m_n
@@ -65,7 +68,7 @@ def adasplash_fwd_kernel(
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
@@ -106,11 +109,12 @@ def adasplash_fwd_kernel(
     if HAS_POS:
         b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
 
-    a = tl.load(alpha + i_h).to(tl.float32)
-    is_soft = a == 1.0
-    a_m1 = tl.where(is_soft, 1.0, a - 1.0)
+    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
+    is_soft = a_m1 == 0.0
+    a_m1 = tl.where(is_soft, 1.0, a_m1)
     zs = tl.where(is_soft, LOG2E, a_m1)
     pm1 = 1.0 / a_m1 - 1.0  # exponent of u = x^(p-1) = p^(2-alpha)
+    b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
 
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
@@ -139,13 +143,16 @@ def adasplash_fwd_kernel(
         b_m = b_mn
 
     # ---- B: tau ---------------------------------------------------------------------------------------------
+    # tau = m + off per row; the offset (in [-1, 0) for entmax, log2 of the normaliser for softmax) is what the
+    # kernels carry and store, so that fp32 keeps full precision in x = z - tau however large |z| is
     row_ok = m_row & (b_m > float("-inf"))
+    b_m = tl.where(row_ok, b_m, 0.0)  # rows with no visible key: off = inf makes every x = -inf
     if is_soft:
-        b_tau = tl.where(row_ok, b_m + tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
-        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0) - SOFT_SKIP
+        b_tau = tl.where(row_ok, tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
+        thr = tl.min(b_tau, 0) - SOFT_SKIP
     else:
-        b_tau = tl.where(row_ok, b_m - 1.0, float("inf"))
-        thr = tl.min(tl.where(row_ok, b_tau - b_m, float("inf")), 0)
+        b_tau = tl.where(row_ok, -1.0, float("inf"))  # tau >= m - 1: the top entry alone has p <= 1
+        thr = tl.min(b_tau, 0)
     # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
     tl.debug_barrier()
     cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
@@ -155,7 +162,7 @@ def adasplash_fwd_kernel(
     else:
         it = 0
         b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
-        b_hi = tl.where(row_ok, b_m, float("inf"))  # tau < max: the row's top entry always has p > 0
+        b_hi = tl.where(row_ok, 0.0, float("inf"))  # tau < m: the row's top entry always has p > 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
             b_s0 = tl.zeros([BM], dtype=tl.float32)
@@ -167,7 +174,7 @@ def adasplash_fwd_kernel(
                                        k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
                                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
                 # [BM, BN]
-                b_x = tl.maximum(b_z - b_tau[:, None], 0.0)
+                b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
                 if HALLEY:
                     b_u, b_u2 = entmax_u_u2(b_x, pm1, HALLEY_GENERAL)
                     b_s2 += tl.sum(b_u2, 1)
@@ -207,7 +214,7 @@ def adasplash_fwd_kernel(
             go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)
         # the output uses a tau at or above the certified bound the tile list is compacted with
         b_tau = tl.where(row_ok, tl.maximum(b_tau, b_lo), b_tau)
-        thr = tl.min(tl.where(row_ok, b_lo - b_m, float("inf")), 0)
+        thr = tl.min(tl.where(row_ok, b_lo, float("inf")), 0)
         # the bound only grew: keep the tiles that still beat it (in place, order kept)
         cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         tl.debug_barrier()
@@ -227,7 +234,7 @@ def adasplash_fwd_kernel(
         b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
                       mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
         # [BM, BN]
-        b_x = b_z - b_tau[:, None]
+        b_x = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
         if is_soft:
             b_p = tl.exp2(b_x)
             b_u = b_p
@@ -236,7 +243,7 @@ def adasplash_fwd_kernel(
             b_u = entmax_u(b_x, pm1)
             b_p = b_u * b_x
             if NEED_ENT:
-                b_ent += tl.sum(tl.where(b_x > 0, b_p * tl.log2(b_x), 0.0), 1)
+                b_ent += tl.sum(tl.where(b_x > 0, b_p * entmax_log2(b_x, pm1), 0.0), 1)
         b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
         if NEED_BWD:
             # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
@@ -255,7 +262,8 @@ def adasplash_fwd_kernel(
             b_o2 = b_o2 / tl.where(b_su > 0, b_su, 1.0)[:, None]
         tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
         p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
-        tl.store(tau + p_row, b_tau, mask=m_row)
+        tl.store(tau + p_row, b_m, mask=m_row)
+        tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
         tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)
         tl.store(tile_cnt + i_bh.to(tl.int64) * NMB + i_m, cnt)
         if NEED_ENT:

@@ -84,16 +84,48 @@ def visible(i_q, i_k, Nk, off, W, b_qp, b_kp, b_kpm, IS_CAUSAL: tl.constexpr, HA
 
 
 @triton.jit
-def dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP: tl.constexpr):
-    """Raw q.k dot products -> z units, with the optional tanh soft-cap (tanh via exp2 for portability)."""
+def dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Raw q.k dot products -> z units, with the optional tanh soft-cap (tanh via exp2 for portability).
+
+    fp32 inputs (``DOT_PREC == "ieee"``) without soft-cap come with q already scaled (``prescale_q``): the dot is z.
+    """
     if HAS_SOFTCAP:
         b_t = b_s * (scale / softcap)
         # tanh(t) = 1 - 2 / (exp(2t) + 1): exact limits at +-inf, no libdevice call
         b_th = 1.0 - 2.0 / (tl.exp2(b_t * 2.8853900817779268) + 1.0)
         b_z = b_th * (softcap * zs)
+    elif DOT_PREC == "ieee":
+        b_z = b_s
     else:
         b_z = b_s * (scale * zs)
     return b_z
+
+
+@triton.jit
+def prescale_q(b_q, scale, zs, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """fp32: q times scale * zs once per program, so the dot is z and no multiply follows it.
+
+    A multiply after the dot gets fused by the compiler with the next subtraction (z - tau) into one FMA, whose
+    unrounded product no longer cancels exactly against the row max: at |z| ~ 1e4 the top entry of a row was off
+    by half an ulp of z. fp32 is the dtype held to 1e-5; bf16/fp16 keep q as it is for the tensor cores.
+    """
+    if DOT_PREC == "ieee" and not HAS_SOFTCAP:
+        b_q = b_q * (scale * zs)
+    return b_q
+
+
+@triton.jit
+def z_minus_tau(b_z, b_m, b_off, DOT_PREC: tl.constexpr):
+    """x = z - tau with tau = m + off per row (row max m, offset off < 0), operands broadcast by the caller.
+
+    fp32 subtracts the max first: a row's top entries then cancel exactly and x keeps full precision however large
+    |z| is (the offset is small). bf16/fp16 inputs fold tau into one subtraction, far below their own rounding.
+    """
+    if DOT_PREC == "ieee":
+        b_x = (b_z - b_m) - b_off
+    else:
+        b_x = b_z - (b_m + b_off)
+    return b_x
 
 
 @triton.jit
@@ -103,6 +135,28 @@ def softcap_grad(b_z, b_ds, softcap, zs, HAS_SOFTCAP: tl.constexpr):
         b_th = b_z / (softcap * zs)
         b_ds = tl.where(b_z > float("-inf"), b_ds * (1.0 - b_th * b_th), 0.0)
     return b_ds
+
+
+@triton.jit
+def entmax_log2(b_x, pm1):
+    """log2(x) for x in [0, 1], accurate near x = 1 when alpha is close to 1 (pm1 = 1/(alpha-1) - 1 > 32).
+
+    The powers x^(1/(alpha-1)) multiply log2(x) by up to 1e4 there, and the hardware log2 (absolute error ~1e-7,
+    not even exactly 0 at x = 1) would cost ~1e-3 of relative accuracy. ln x = 2 atanh(t), t = (x-1)/(x+1), is exact
+    at x = 1 and ~1e-8 relative for x >= 1/2; below 1/2, x^pm1 < 2^-32 and the hardware log2 is good enough.
+    """
+    b_l = tl.log2(b_x)
+    if pm1 > 32.0:
+        b_t = (b_x - 1.0) / (b_x + 1.0)  # x - 1 is exact for x in [1/2, 1]
+        b_t2 = b_t * b_t
+        b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
+        b_s = b_s * b_t2 + 1.0 / 9.0
+        b_s = b_s * b_t2 + 1.0 / 7.0
+        b_s = b_s * b_t2 + 1.0 / 5.0
+        b_s = b_s * b_t2 + 1.0 / 3.0
+        b_s = b_s * b_t2 + 1.0
+        b_l = tl.where(b_x >= 0.5, (2.0 * 1.4426950408889634) * b_t * b_s, b_l)
+    return b_l
 
 
 @triton.jit
@@ -117,7 +171,7 @@ def entmax_u(b_x, pm1):
     elif pm1 == 0.0:
         b_u = tl.where(b_x > 0, 1.0, 0.0)
     else:
-        b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(b_x)), 0.0)
+        b_u = tl.where(b_x > 0, tl.exp2(pm1 * entmax_log2(b_x, pm1)), 0.0)
     return b_u
 
 
@@ -135,7 +189,7 @@ def entmax_u_u2(b_x, pm1, GENERAL_U2: tl.constexpr):
         b_u = tl.where(b_x > 0, 1.0, 0.0)
         b_u2 = tl.zeros_like(b_x)
     else:
-        b_l = tl.log2(b_x)
+        b_l = entmax_log2(b_x, pm1)
         b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
         if GENERAL_U2:
             b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)

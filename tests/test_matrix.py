@@ -173,6 +173,12 @@ def _grads(fn, q, k, v, dout, dtype, expand=False):
 
 def _check(c: Case, backend: str, device: str = "cpu"):
     q, k, v, kpm, dout = _inputs(c)
+    if backend == "triton" and c.dtype == "f64":
+        # the documented outcome: the kernels accumulate in fp32, float64 is the reference backend's job
+        with pytest.raises(TypeError, match='backend="triton" supports float16/bfloat16/float32'):
+            adasplash_attention(q.to(device), k.to(device), v.to(device), c.alpha, is_causal=c.causal,
+                                backend=backend)
+        return
     expand = c.layout == "expanded"
     if expand:
         q, k, v = (_layout(t, "expanded") for t in (q, k, v))
@@ -236,12 +242,31 @@ def test_reference(case):
 
 
 # Known kernel defects found by this matrix, kept visible: strict xfail turns into a failure once fixed.
+ALPHA_NEAR_1 = ("alpha=1.0001 head in fp32: x = z - tau ~ 1 is rounded to ~6e-8 and p = x**(1/(alpha-1)) "
+                "multiplies that by 1e4: out error ~1.3e-3 vs ~3e-4 for the fp32 baseline (the reference's log1p "
+                "form gets 4e-7)")
+ONE_HOT_DK = ("one-hot rows at |s|~1e4: dS = u (dP - dO.O2) does not cancel exactly, |q|~1e4 amplifies it: dk "
+              "error ~2e-3 where the truth (and the reference) is exactly 0")
 KNOWN_TRITON = {
-    "B2H4-2-q9k7-d32-f32-mix1-causal-pad-batch": "alpha=1.0001 head: fp32 x**(1/(alpha-1)) loses ~eps/(alpha-1); "
-    "out error 1.5e-3 vs 3e-4 for the fp32 baseline (the reference's log1p form gets 4e-7)",
-    "B1H2-2-q33k33-d64-f32-a1.5-causal-s10000": "one-hot rows at |s|~1e4: dS = u (dP - dO.O2) does not cancel "
-    "exactly, |q|~1e4 amplifies it: dk error 1.3e-3 where the truth (and the reference) is exactly 0",
+    "B2H4-2-q9k7-d32-f32-mix1-causal-pad-batch": ALPHA_NEAR_1,
+    "B1H2-2-q33k33-d64-f32-a1.5-causal-s10000": ONE_HOT_DK,
 }
+
+
+def _known_on_gpu(c: Case) -> str | None:
+    """The same two defects in the GPU slice (found there on an H100), by rule rather than by id."""
+    alphas = c.alpha if isinstance(c.alpha, list) else [c.alpha]
+    if c.dtype == "f32" and 1.0001 in alphas:
+        return ALPHA_NEAR_1
+    if c.dtype == "f32" and c.score_scale >= 1e4 and min(alphas) > 1.0:
+        return ONE_HOT_DK
+    return None
+
+
+def _gpu_marked(cases):
+    # not strict: on the GPU some of these cases sit right at the bound (N = 1 rows, for instance, now pass)
+    return [pytest.param(c, id=c.id, marks=pytest.mark.xfail(strict=False, reason=_known_on_gpu(c)))
+            if _known_on_gpu(c) else pytest.param(c, id=c.id) for c in cases]
 
 
 def _marked(cases):
@@ -257,7 +282,7 @@ def test_triton_interpreter(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TRITON, reason="hf_adasplash.ops.attention is not built yet")
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", _gpu_marked(CASES))
 def test_triton_gpu(case):
     _check(case, "triton", "cuda")
 

@@ -1,6 +1,6 @@
 """Triton AdaSplash attention: the autograd Function over the custom ops, and the two entry points.
 
-Inputs are already validated by :mod:`hf_adasplash.functional`. alpha becomes an fp32 ``[Hq]`` tensor (a runtime
+Inputs are already validated by :mod:`hf_adasplash.functional`. alpha becomes a float64 ``[Hq]`` tensor (a runtime
 kernel argument, so a learned alpha never recompiles); its gradient flows back through that conversion.
 Without grad, short queries (``Nq <= 16``) go to the decode kernel when it is available.
 """
@@ -49,7 +49,8 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
 
 
 def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap):
-    a = alpha_per_head(alpha, q.shape[-3] if cu_q is None else q.shape[1], torch.float32, q.device).contiguous()
+    # float64: the kernels take alpha - 1 from it, which fp32 alpha would round (1.0001 - 1 off by 2e-3)
+    a = alpha_per_head(alpha, q.shape[-3] if cu_q is None else q.shape[1], torch.float64, q.device).contiguous()
     window = -1 if window is None else int(window)
     softcap = 0.0 if softcap is None else float(softcap)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, a))

@@ -4,8 +4,10 @@ Both ops take either the padded layout (q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk,
 (q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` with ``cu_seqlens``). Only the last dim needs unit stride; other strides go
 to the kernels as they are, so transposed HF layouts are never copied.
 
-Row statistics (tau, entropy term) are fp32 ``[B, Hq, Nq]`` (padded) or ``[Hq, T]`` (varlen); the tile list is a
-gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query block ``[B*Hq, NMB]``.
+Row statistics are fp32 ``[B, Hq, Nq]`` (padded) or ``[Hq, T]`` (varlen): ``tau`` stacks two of them, the row
+max ``m`` and the offset ``tau - m`` (kept apart so that fp32 keeps full precision at large scores), and the
+entropy term. The tile list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query
+block ``[B*Hq, NMB]``.
 """
 
 import torch
@@ -98,7 +100,7 @@ def attn_fwd(
     o = torch.empty_like(q)
     o2 = torch.empty_like(q) if need_bwd else q.new_empty(0)
     rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
-    tau = torch.empty_like(rows) if need_bwd else rows.new_empty(0)
+    tau = rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0)
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
     tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
@@ -115,7 +117,7 @@ def attn_fwd(
         tile_idx=tile_idx, tile_cnt=tile_cnt, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         **_io_strides(strides, q=q, k=k, v=v, o=o),
-        stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, num_warps=t.fwd_warps, num_stages=t.fwd_stages,
@@ -134,7 +136,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
     return (
         torch.empty_like(q),
         torch.empty_like(q) if need_bwd else q.new_empty(0),
-        torch.empty_like(rows) if need_bwd else rows.new_empty(0),
+        rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0),
         torch.empty_like(rows) if need_ent else rows.new_empty(0),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
         q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
@@ -168,19 +170,20 @@ def attn_bwd(
         dk.zero_()
         dv.zero_()
         return dq, dk, dv, dalpha
-    delta = torch.empty_like(tau)
-    dalpha_row = torch.empty_like(tau) if need_dalpha else tau.new_empty(0)
+    rows = tau[0]  # tau = (row max, tau - row max)
+    delta = torch.empty_like(rows)
+    dalpha_row = torch.empty_like(rows) if need_dalpha else rows.new_empty(0)
     qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
     cu_q = cu_seqlens_q if varlen else qp
     cu_k = cu_seqlens_k if varlen else qp
-    r_b, r_h = _row_strides(tau, varlen)
+    r_b, r_h = _row_strides(rows, varlen)
     flags = _flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q)
     common = dict(
         q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta,
         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         **_io_strides(strides, q=q, k=k, v=v, o=o),
-        stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        stride_rs=tau.stride(0), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN, num_warps=t.bwd_warps, num_stages=t.bwd_stages,
         **flags,
     )
@@ -191,7 +194,7 @@ def attn_bwd(
     )
     if need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics
-        dalpha = dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)
+        dalpha = (dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)).to(alpha.dtype)
     if NKB == 0 or not need_dkv:
         return dq, dk, dv, dalpha
     adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](

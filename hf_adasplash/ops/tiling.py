@@ -27,7 +27,7 @@ class Tiles:
     dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
     dkv_stages: int = 0  # 0: same as bwd_stages
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
-    halley_general: bool = False  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
+    halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
 
 
 def tiles(head_dim: int) -> Tiles:
@@ -36,10 +36,11 @@ def tiles(head_dim: int) -> Tiles:
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
         return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16)
-    # Measured on H100/H200 (bench/NOTES.md): 8 warps and backward slices remove ptxas register spills but run
-    # slower than these settings, which keep some spills; the slices stay available (BNS/BMS/BMQ < BN/BM).
+    # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5): 4-warp forward with 4 stages; dq programs of
+    # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
+    # 64-row slices at 4 warps.
     if BD <= 64:
-        return Tiles(128, 64, BD, 4, 3, 4, 2, 64, 128, 128)
+        return Tiles(128, 64, BD, 4, 4, 4, 2, 64, 128, 64)
     if BD <= 128:
-        return Tiles(128, 64, BD, 8, 2, 8, 2, 64, 128, 128)
+        return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2)
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32)
