@@ -296,8 +296,15 @@ def _summary(cfg, path, accelerator, unwrapped, state, final_eval, hw) -> dict:
         "final_train_loss": last_loss, "final_train_ppl": math.exp(last_loss) if last_loss is not None else None,
         "eval": final_eval, "alpha": alpha_table(unwrapped), "history": state["history"],
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "hardware": hw,
+        "alpha_rank_spread": _alpha_rank_spread(accelerator, unwrapped), "hardware": hw,
     }
+
+
+def _alpha_rank_spread(accelerator, unwrapped) -> float:
+    """Largest difference of any alpha between a process and process 0 (data parallelism keeps them equal)."""
+    flat = torch.tensor([a for row in alpha_table(unwrapped) for a in row] or [1.0], device=accelerator.device)
+    every = accelerator.gather(flat).reshape(accelerator.num_processes, -1)
+    return float((every - every[0]).abs().max())
 
 
 def _save_final(accelerator, model, tokenizer, out: Path, summary: dict) -> None:

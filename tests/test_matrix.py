@@ -173,18 +173,17 @@ def _grads(fn, q, k, v, dout, dtype, expand=False):
 
 def _check(c: Case, backend: str, device: str = "cpu"):
     q, k, v, kpm, dout = _inputs(c)
+    alpha = torch.tensor(c.alpha, dtype=torch.float64) if isinstance(c.alpha, list) else c.alpha
     if backend == "triton" and c.dtype == "f64":
         # the documented outcome: the kernels accumulate in fp32, float64 is the reference backend's job
         with pytest.raises(TypeError, match='backend="triton" supports float16/bfloat16/float32'):
-            adasplash_attention(q.to(device), k.to(device), v.to(device), c.alpha, is_causal=c.causal,
-                                backend=backend)
+            adasplash_attention(q.to(device), k.to(device), v.to(device), alpha, is_causal=c.causal, backend=backend)
         return
     expand = c.layout == "expanded"
     if expand:
         q, k, v = (_layout(t, "expanded") for t in (q, k, v))
         kpm = None if kpm is None else kpm[:1].expand_as(kpm)
     dt = DTYPES[c.dtype]
-    alpha = torch.tensor(c.alpha, dtype=torch.float64) if isinstance(c.alpha, list) else c.alpha
 
     def run(q_, k_, v_):
         if c.layout == "transposed":
