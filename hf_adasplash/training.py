@@ -238,7 +238,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 state["train_seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                log = _log(accelerator, unwrapped, step, window_loss / window_n, scheduler, state)
+                log = _log(accelerator, model, unwrapped, step, window_loss / window_n, scheduler, state)
                 bar.set_postfix(loss=f"{log['train/loss']:.3f}", alpha=f"{log['alpha/mean']:.3f}")
                 window_loss, window_n = 0.0, 0
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -254,14 +254,24 @@ def finetune(cfg: FinetuneConfig) -> dict:
     final_eval = None
     if eval_loader is not None:
         final_eval = _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, state["step"], state)
-    summary = _summary(cfg, path, accelerator, unwrapped, state, final_eval, hardware())
+    summary = _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hardware())
     _save_final(accelerator, model, tokenizer, out, summary)
     accelerator.end_training()
     return summary
 
 
-def _log(accelerator, unwrapped, step, loss, scheduler, state) -> dict:
-    alphas = alpha_table(unwrapped)
+def _alphas(accelerator, model, unwrapped) -> list[list[float]]:
+    """``alpha_table``; under FSDP parameters are shards outside forward, so gather them first (collective)."""
+    if accelerator.distributed_type.value == "FSDP":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            return alpha_table(unwrapped)
+    return alpha_table(unwrapped)
+
+
+def _log(accelerator, model, unwrapped, step, loss, scheduler, state) -> dict:
+    alphas = _alphas(accelerator, model, unwrapped)
     flat = [a for row in alphas for a in row] or [1.0]
     log = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50.0)), "train/lr": scheduler.get_last_lr()[0],
            "alpha/mean": sum(flat) / len(flat), "alpha/max": max(flat), "train/tokens": state["tokens"]}
@@ -287,22 +297,23 @@ def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state
     return result
 
 
-def _summary(cfg, path, accelerator, unwrapped, state, final_eval, hw) -> dict:
+def _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hw) -> dict:
     last_loss = next((h["loss"] for h in reversed(state["history"]) if "loss" in h), None)
+    alphas = _alphas(accelerator, model, unwrapped)
     secs = state["train_seconds"]
     return {
         "base_model": path, "recipe": asdict(cfg), "steps": state["step"], "tokens": state["tokens"],
         "train_seconds": round(secs, 2), "tokens_per_s": round(state["tokens"] / secs, 1) if secs else None,
         "final_train_loss": last_loss, "final_train_ppl": math.exp(last_loss) if last_loss is not None else None,
-        "eval": final_eval, "alpha": alpha_table(unwrapped), "history": state["history"],
+        "eval": final_eval, "alpha": alphas, "history": state["history"],
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "alpha_rank_spread": _alpha_rank_spread(accelerator, unwrapped), "hardware": hw,
+        "alpha_rank_spread": _alpha_rank_spread(accelerator, alphas), "hardware": hw,
     }
 
 
-def _alpha_rank_spread(accelerator, unwrapped) -> float:
+def _alpha_rank_spread(accelerator, alphas) -> float:
     """Largest difference of any alpha between a process and process 0 (data parallelism keeps them equal)."""
-    flat = torch.tensor([a for row in alpha_table(unwrapped) for a in row] or [1.0], device=accelerator.device)
+    flat = torch.tensor([a for row in alphas for a in row] or [1.0], device=accelerator.device)
     every = accelerator.gather(flat).reshape(accelerator.num_processes, -1)
     return float((every - every[0]).abs().max())
 
