@@ -19,6 +19,7 @@ from hf_adasplash import checkpoints
 from hf_adasplash.assets import UserError
 
 SCHEDULES = ("fixed", "learned", "anneal")
+ATTNS = ("adasplash", "sdpa", "eager")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class FinetuneConfig:
     split: str = "train"
     eval_split: str | None = "test"
     text_column: str = "text"
+    attn: str = "adasplash"  # sdpa / eager: the dense softmax baseline under the same recipe (alpha options unused)
     context_length: int = 256
     batch_size: int = 4  # per process, per micro-step
     grad_accum: int = 1
@@ -67,6 +69,8 @@ class FinetuneConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_blocks", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.attn not in ATTNS:
+            raise UserError(f"attention must be one of {', '.join(ATTNS)}, got {self.attn!r}")
         if self.alpha_schedule not in SCHEDULES:
             raise UserError(f"alpha schedule must be one of {', '.join(SCHEDULES)}, got {self.alpha_schedule!r}")
         if self.anneal_shape not in ("linear", "cosine"):
@@ -109,6 +113,12 @@ def _build_model(cfg: FinetuneConfig, path: str):
 
     import hf_adasplash
 
+    if cfg.attn != "adasplash":  # the dense baseline: the model as it comes, with that attention
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=cfg.attn)
+        model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # master weights fp32: autocast does bf16
     start = {"fixed": cfg.alpha, "learned": cfg.alpha_init, "anneal": cfg.alpha_init}[cfg.alpha_schedule]
     hf_adasplash.patch(model, alpha=start, learnable=cfg.alpha_schedule == "learned", per_head=cfg.per_head,
@@ -242,7 +252,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 bar.set_postfix(loss=f"{log['train/loss']:.3f}", alpha=f"{log['alpha/mean']:.3f}")
                 window_loss, window_n = 0.0, 0
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state)
+                _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state, cfg.attn)
             if state["micro_in_epoch"] >= micro_per_epoch:
                 state["epoch"], state["micro_in_epoch"] = state["epoch"] + 1, 0
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
@@ -253,7 +263,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     state["train_seconds"] += time.perf_counter() - t0
     final_eval = None
     if eval_loader is not None:
-        final_eval = _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, state["step"], state)
+        final_eval = _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, state["step"], state, cfg.attn)
     summary = _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hardware())
     _save_final(accelerator, model, tokenizer, out, summary)
     accelerator.end_training()
@@ -284,9 +294,10 @@ def _log(accelerator, model, unwrapped, step, loss, scheduler, state) -> dict:
     return log
 
 
-def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state) -> dict:
+def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state, attn) -> dict:
     result = evaluate_blocks(accelerator, model, eval_loader)
-    if accelerator.is_main_process and accelerator.distributed_type.value != "FSDP":  # FSDP: forward is collective
+    # sparsity of the adasplash model only (FSDP: forward is collective, so the main process alone cannot run it)
+    if attn == "adasplash" and accelerator.is_main_process and accelerator.distributed_type.value != "FSDP":
         with accelerator.autocast():
             result.update(_sparsity(unwrapped, evals[:1]["input_ids"].to(accelerator.device)))
     accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=step)

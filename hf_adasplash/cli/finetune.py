@@ -17,6 +17,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     add_data_args(p, split="train")
     p.add_argument("--eval-split", default=C.eval_split, help="held-out split for evaluation; 'none' to skip "
                    f"(default: {C.eval_split})")
+    p.add_argument("--attn", choices=["adasplash", "sdpa", "eager"], default=C.attn,
+                   help="adasplash: alpha-entmax attention with the alpha options below; sdpa/eager: the dense softmax "
+                   "baseline trained with the same recipe (alpha options unused) (default: adasplash)")
     g = p.add_argument_group("alpha")
     g.add_argument("--alpha-schedule", choices=["fixed", "learned", "anneal"], default=C.alpha_schedule,
                    help="fixed: --alpha everywhere, not learned; learned: per-head alpha trained from --alpha-init; "
@@ -72,7 +75,7 @@ def config_from_args(args):
     return FinetuneConfig(
         model=args.model, output_dir=args.output_dir, dataset=args.dataset, dataset_config=args.dataset_config,
         split=args.split, eval_split=None if args.eval_split in (None, "none", "") else args.eval_split,
-        text_column=args.text_column, context_length=args.context_length, batch_size=args.batch_size,
+        text_column=args.text_column, attn=args.attn, context_length=args.context_length, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_steps=args.max_steps, lr=args.lr, alpha_lr=args.alpha_lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler=args.lr_scheduler,
         max_grad_norm=args.max_grad_norm, alpha_schedule=args.alpha_schedule, alpha=args.alpha,

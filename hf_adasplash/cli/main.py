@@ -1,4 +1,4 @@
-"""``hf-adasplash``: convert, demo, finetune, eval, sparsity, bench, card.
+"""``hf-adasplash``: convert, demo, finetune, eval, sparsity, bench, card, compare.
 
 Each subcommand lives in its own module exposing ``build_parser(parser)`` and ``run(args) -> int``. Only the
 module of the command being run is imported, so a broken or missing optional command never breaks the others
@@ -21,6 +21,7 @@ COMMANDS = {
     "sparsity": "measured attention sparsity per layer/head, the compute it saves, heatmaps (JSON + PNG)",
     "bench": "kernel and end-to-end speed/memory benchmarks",
     "card": "write a model card from finetune/eval/sparsity JSON results",
+    "compare": "the same fine-tune twice, sdpa vs adasplash with learned alpha: perplexity, sparsity, throughput",
 }
 
 

@@ -1,0 +1,113 @@
+"""``hf-adasplash compare``: the same fine-tune twice, dense softmax (sdpa) vs adasplash with learned alpha.
+
+One recipe and token budget for both runs, then held-out perplexity of each (each under its own attention), the
+sparsity of the adasplash model on held-out text, its model card, and ``compare.json``: perplexity ratio, sparsity
+and training throughput ratio, each checked against the project's bar (ppl <= 1.03x softmax, >= 95% zero weights,
+>= 60% empty 64x64 blocks, throughput >= 1.0x sdpa). Every step is the matching subcommand, run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hf_adasplash.cli._common import add_data_args, add_model_args, console, positive_int, write_json
+
+BARS = {"ppl_ratio": ("<=", 1.03), "zero_fraction": (">=", 0.95), "block_zero_fraction": (">=", 0.60),
+        "throughput_ratio": (">=", 1.0)}
+
+
+def build_parser(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p, split="train")
+    p.add_argument("--eval-split", default="test", help="held-out split for perplexity and sparsity (default: test)")
+    p.add_argument("--output-dir", "-o", required=True, help="sdpa/, adasplash/, eval JSONs, sparsity/, compare.json")
+    p.add_argument("--context-length", type=int, default=4096, help="tokens per training block (default: 4096)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="blocks per step (default: 8)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--max-steps", type=positive_int, default=200, help="optimizer steps of each run (default: 200)")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the weights (default: 5e-5)")
+    p.add_argument("--alpha-init", type=float, default=1.01, help="learned alpha starts here (default: 1.01)")
+    p.add_argument("--alpha-lr", type=float, default=5e-2, help="learning rate of the alpha logits (default: 5e-2)")
+    p.add_argument("--eval-tokens", type=positive_int, default=None, help="held-out tokens scored (default: all)")
+    p.add_argument("--sparsity-sequences", type=positive_int, default=2, help="held-out sequences measured")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both runs trade compute for memory")
+    p.add_argument("--seed", type=int, default=0, help="seed of both runs")
+    p.add_argument("--card", default=None, help="model card path (default: <output-dir>/adasplash/README.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def _check(value: float | None, op: str, bar: float) -> bool | None:
+    if value is None:
+        return None
+    return value <= bar if op == "<=" else value >= bar
+
+
+def summarize(out: Path) -> dict:
+    """compare.json's content from the files the steps wrote (also usable on its own, e.g. after a rerun)."""
+    runs = {a: json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash")}
+    evals = {a: json.loads((out / f"eval-{a}.json").read_text()) for a in ("sdpa", "adasplash")}
+    sp = json.loads((out / "sparsity" / "sparsity.json").read_text())
+    tps = {a: runs[a]["tokens_per_s"] for a in runs}
+    values = {
+        "ppl_ratio": evals["adasplash"]["perplexity"] / evals["sdpa"]["perplexity"],
+        "zero_fraction": sp["zero_fraction"],
+        "block_zero_fraction": sp["block_zero_fraction"],
+        "throughput_ratio": tps["adasplash"] / tps["sdpa"] if tps["sdpa"] and tps["adasplash"] else None,
+    }
+    return {
+        "perplexity": {a: evals[a]["perplexity"] for a in evals}, "tokens_per_s": tps,
+        "tokens": {a: runs[a]["tokens"] for a in runs}, "alpha": runs["adasplash"]["alpha"],
+        "context_length": sp.get("context_length"), "hardware": runs["adasplash"].get("hardware"),
+        "values": values,
+        "bars": {k: {"op": op, "bar": bar, "met": _check(values[k], op, bar)} for k, (op, bar) in BARS.items()},
+    }
+
+
+def run(args) -> int:
+    from hf_adasplash.cli.main import main
+
+    out = Path(args.output_dir)
+    data = ["--dataset", args.dataset, "--text-column", args.text_column]
+    if args.dataset_config:
+        data += ["--dataset-config", args.dataset_config]
+    quiet = ["--no-progress"] if args.no_progress else []
+    recipe = ["--model", args.model, *data, "--split", args.split, "--eval-split", args.eval_split,
+              "--context-length", str(args.context_length), "--batch-size", str(args.batch_size),
+              "--grad-accum", str(args.grad_accum), "--max-steps", str(args.max_steps), "--lr", str(args.lr),
+              "--seed", str(args.seed), "--report-to", "none", *quiet]
+    if args.gradient_checkpointing:
+        recipe.append("--gradient-checkpointing")
+    learned = ["--alpha-schedule", "learned", "--alpha-init", str(args.alpha_init), "--alpha-lr", str(args.alpha_lr)]
+    held_out = [*data, "--split", args.eval_split, "--context-length", str(args.context_length)]
+    if args.eval_tokens:
+        held_out += ["--max-tokens", str(args.eval_tokens)]
+    steps = [
+        ["finetune", *recipe, "--attn", "sdpa", "-o", str(out / "sdpa")],
+        ["finetune", *recipe, "--attn", "adasplash", *learned, "-o", str(out / "adasplash")],
+        ["eval", "--model", str(out / "sdpa"), "--attn", "sdpa", *held_out, "-o", str(out / "eval-sdpa.json")],
+        ["eval", "--model", str(out / "adasplash"), "--attn", "adasplash", *held_out,
+         "-o", str(out / "eval-adasplash.json")],
+        ["sparsity", "--model", str(out / "adasplash"), *data, "--split", args.eval_split,
+         "--context-length", str(args.context_length), "--num-sequences", str(args.sparsity_sequences),
+         "-o", str(out / "sparsity")],
+        ["card", str(out / "adasplash"), "--eval", str(out / "eval-sdpa.json"), str(out / "eval-adasplash.json"),
+         "--sparsity", str(out / "sparsity" / "sparsity.json"),
+         "-o", args.card or str(out / "adasplash" / "README.md")],
+    ]
+    for i, argv in enumerate(steps, 1):
+        console().print(f"[bold]compare {i}/{len(steps)}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}")
+        rc = main(argv)
+        if rc:
+            return rc
+    result = summarize(out)
+    write_json(out / "compare.json", result)
+    c = console()
+    for k, b in result["bars"].items():
+        v = result["values"][k]
+        shown = "n/a" if v is None else f"{v:.3f}"
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[b["met"]]
+        c.print(f"{k:20s} {shown:>8s}  bar {b['op']} {b['bar']}  {verdict}")
+    c.print(f"wrote {out / 'compare.json'}")
+    return 0
