@@ -1,0 +1,54 @@
+"""The small jit helpers the attention kernels share, checked element by element against float64 (interpreter on
+CPU, the real compiler on a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import triton
+import triton.language as tl
+from hf_adasplash.kernels.attn_utils import entmax_log2, entmax_u_u2
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@triton.jit
+def _helpers_kernel(x_ptr, l_ptr, u_ptr, u2_ptr, pm1, N: tl.constexpr):
+    o = tl.arange(0, N)
+    b_x = tl.load(x_ptr + o)
+    tl.store(l_ptr + o, entmax_log2(b_x, pm1))
+    b_u, b_u2 = entmax_u_u2(b_x, pm1, True)
+    tl.store(u_ptr + o, b_u)
+    tl.store(u2_ptr + o, b_u2)
+
+
+def _run(x: np.ndarray, pm1: float):
+    xt = torch.tensor(x, dtype=torch.float32, device=DEV)
+    outs = [torch.full_like(xt, float("nan")) for _ in range(3)]  # poisoned
+    _helpers_kernel[(1,)](xt, *outs, pm1, N=xt.numel())
+    return [t.cpu().double().numpy() for t in outs]
+
+
+@pytest.mark.parametrize("alpha", [1.0001, 1.001, 1.02, 1.25, 1.5, 1.75, 2.0])
+def test_entmax_log2_and_powers_match_float64(alpha):
+    pm1 = 1.0 / (alpha - 1.0) - 1.0
+    # x in (0, 1] as the kernels see it: dense near 1, where alpha ~ 1 amplifies every error by 1/(alpha-1)
+    x = np.concatenate([1.0 - np.geomspace(1e-7, 0.5, 100), np.linspace(0.01, 1.0, 27), [1.0]]).astype(np.float32)
+    l, u, u2 = _run(x, pm1)
+    x64 = x.astype(np.float64)
+    assert l[-1] == 0.0 if pm1 > 32 else abs(l[-1]) < 1e-6  # exact at x = 1 where alpha ~ 1 needs it
+    near = x64 >= 0.5
+    err = np.abs(l - np.log2(x64))
+    # absolute error of log2 x: the series (alpha < 1.03) is ~1e-7 relative to log2 x itself near 1
+    bound = np.where(near & (pm1 > 32), 2e-7 * np.abs(np.log2(x64)) + 1e-12, 3e-7 + 1e-6 * np.abs(np.log2(x64)))
+    assert (err <= bound).all(), float((err / bound).max())
+    # u = x^(p-1), u2 = x^(p-2): relative error within pm1 times the log2 error (what the power amplifies);
+    # alpha = 2 has no curvature term (its factor p - 1 is 0), so u2 is 0 there by design
+    if pm1 == 0.0:
+        assert (u2 == 0).all()
+    for got, expo in ((u, pm1), (u2, pm1 - 1.0)) if pm1 != 0.0 else ((u, pm1),):
+        want = x64**expo
+        ok = want > 1e-30
+        rel = np.abs(got[ok] - want[ok]) / want[ok]
+        assert (rel <= 1e-5 + 2.0 * abs(expo) * bound[ok]).all(), float(rel.max())
