@@ -51,6 +51,15 @@ class AlphaParameter(nn.Module):
         shape = () if num_heads is None else (num_heads,)
         self.logit = nn.Parameter(torch.full(shape, self.logit_for(init), dtype=torch.float32), requires_grad=learnable)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) / .half() would store the logit in 8 mantissa bits: alpha - 1 near alpha = 1
+        # (where the exponent 1/(alpha-1) is largest) would move by ~1-2% and learning steps would be lost.
+        before = self.logit.data
+        super()._apply(fn, recurse)
+        if self.logit.dtype in (torch.float16, torch.bfloat16):  # undo the rounding: the values from before, moved
+            self.logit.data = before.to(device=self.logit.device, dtype=torch.float32)
+        return self
+
     def logit_for(self, alpha: float) -> float:
         """The logit giving ``alpha`` (pure math: safe on the meta device)."""
         if alpha == 1.0:

@@ -64,8 +64,16 @@ def test_state_dict_round_trip_bit_exact():
 
 
 def test_alpha_stays_float32_under_model_dtype():
-    ap = AlphaParameter(2).to(torch.bfloat16)
-    assert ap().dtype == torch.float32
+    ref = AlphaParameter(2, init=1.01)
+    for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.bfloat16()):
+        ap = AlphaParameter(2, init=1.01)
+        ap = cast(ap)
+        # the stored logit too, not only the returned alpha: bf16 would move alpha = 1.01 to 1.0101
+        assert ap.logit.dtype == torch.float32 and ap().dtype == torch.float32
+        assert torch.equal(ap(), ref())
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4), AlphaParameter(2, init=1.01)).to(torch.bfloat16)
+    assert block[0].weight.dtype == torch.bfloat16 and block[1].logit.dtype == torch.float32
+    assert AlphaParameter(2).double().logit.dtype == torch.float64  # explicit float64 is kept
 
 
 @pytest.mark.parametrize(
