@@ -113,16 +113,13 @@ def _build_model(cfg: FinetuneConfig, path: str):
 
     import hf_adasplash
 
-    if cfg.attn != "adasplash":  # the dense baseline: the model as it comes, with that attention
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=cfg.attn)
-        model.config.use_cache = False
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # master weights fp32: autocast does bf16
-    start = {"fixed": cfg.alpha, "learned": cfg.alpha_init, "anneal": cfg.alpha_init}[cfg.alpha_schedule]
-    hf_adasplash.patch(model, alpha=start, learnable=cfg.alpha_schedule == "learned", per_head=cfg.per_head,
-                       min_alpha=cfg.min_alpha, max_alpha=cfg.max_alpha)
+    # master weights fp32 (autocast does bf16); sdpa/eager: the dense baseline, the model as it comes
+    dense = {} if cfg.attn == "adasplash" else {"attn_implementation": cfg.attn}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **dense)
+    if cfg.attn == "adasplash":
+        start = {"fixed": cfg.alpha, "learned": cfg.alpha_init, "anneal": cfg.alpha_init}[cfg.alpha_schedule]
+        hf_adasplash.patch(model, alpha=start, learnable=cfg.alpha_schedule == "learned", per_head=cfg.per_head,
+                           min_alpha=cfg.min_alpha, max_alpha=cfg.max_alpha)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import subprocess
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from hf_adasplash.cli.bench import make_inputs
 from hf_adasplash.ops import attention_ops
 from hf_adasplash.ops.attention import adasplash_attention_triton
 from hf_adasplash.ops.tiling import tiles
@@ -65,16 +65,6 @@ def variants(D: int) -> dict[str, object]:
     return out
 
 
-def local_inputs(B, H, N, D, pos, requires_grad=True):
-    q, k, v = (torch.randn(B, H, N, D, device="cuda") for _ in range(3))
-    if pos:
-        i = torch.arange(N, device="cuda", dtype=torch.float32)[:, None]
-        f = 1.0 / (64.0 ** (torch.arange(D // 2, device="cuda", dtype=torch.float32) / (D // 2)))
-        c = torch.cat([(i * f).sin(), (i * f).cos()], -1) / math.sqrt(D // 2) * math.sqrt(D)
-        q, k = q + pos * c, k + pos * c
-    return [t.to(torch.bfloat16).requires_grad_(requires_grad) for t in (q, k, v)]
-
-
 def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
@@ -82,7 +72,7 @@ def _rel(a, b):
 def run_case(name, D, N, pos, alpha_value, bench, only=None):
     B, H = max(1, 32768 // N), 16
     torch.manual_seed(0)
-    q, k, v = local_inputs(B, H, N, D, pos)
+    q, k, v = make_inputs(B, H, H, N, N, D, pos, torch.bfloat16, "cuda", requires_grad=True)
     alpha = torch.full((H,), alpha_value, device="cuda", requires_grad=True)
     g = torch.randn_like(q)
 
@@ -145,7 +135,7 @@ def _compile(jobs):
     for D, vname in jobs:
         cfg = variants(D)[vname]
         attention_ops.tiles = lambda _d, _c=cfg: _c
-        q, k, v = local_inputs(2, 2, 256, D, 0.0)
+        q, k, v = make_inputs(2, 2, 2, 256, 256, D, 0.0, torch.bfloat16, "cuda", requires_grad=True)
         alpha = torch.full((2,), 1.5, device="cuda", requires_grad=True)
         try:
             with torch.no_grad():
