@@ -3,8 +3,10 @@
 With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1) - 1)`` (softmax heads: ``u = p``),
 ``dP = dO V^T``, ``delta = dO . O2 = sum u dP / sum u`` and ``dS = u (dP - delta)`` with respect to the scores.
 
-- ``adasplash_bwd_kernel_dq``: one program per BMQ query rows (a slice of a forward block, sharing its list). Computes delta (stored for the dk/dv kernel), dq, and
-  the per-row d(alpha) ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``.
+- ``adasplash_bwd_kernel_dq``: one program per BMQ query rows (a slice of a forward block, sharing its list).
+  Computes delta (stored for the dk/dv kernel), dq, and the per-row d(alpha)
+  ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``, whose ``sum dP p log p = dO . O3``
+  comes from the forward (a per-element log in this loop made it spill: 664 B of stack against 24 B at D = 64).
 - ``adasplash_bwd_kernel_dkv``: one program per key block and KV head; loops over the query heads of its GQA group
   and their listed query blocks, so dk/dv accumulate in registers without atomics. Runs after the dq kernel.
 """
@@ -14,7 +16,6 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import (
     dot_to_z,
-    entmax_log2,
     entmax_u,
     kv_range,
     prescale_q,
@@ -31,7 +32,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_bwd_kernel_dq(
-    q, k, v, o, o2, do, dq, alpha, tau, ent, delta, dalpha_row, tile_idx, tile_cnt,
+    q, k, v, o, o2, o3, do, dq, alpha, tau, ent, delta, dalpha_row, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -98,8 +99,18 @@ def adasplash_bwd_kernel_dq(
     p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_blk) * NKB
     cnt = tl.load(tile_cnt + i_bh.to(tl.int64) * NMB + i_blk)
 
+    if NEED_DALPHA:
+        # row terms only (no per-element work): done before the loop, so nothing of it stays live across it
+        b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
+        b_doo = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+        b_o3 = tl.load(o3 + p_orow, mask=m_qd, other=0.0)
+        b_spl = tl.sum(b_do.to(tl.float32) * b_o3.to(tl.float32), 1) * (LN2 / a_m1)  # sum dP p log p
+        b_ent = tl.load(ent + p_row, mask=m_row, other=0.0)
+        b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
+        b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
+        tl.store(dalpha_row + p_row, b_da, mask=m_row)
+
     b_dq = tl.zeros([BMQ, BD], dtype=tl.float32)
-    b_dpl = tl.zeros([BMQ], dtype=tl.float32)  # sum dP p log2(x)
     # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
     for js in range(0, cnt * (BN // BNS)):
         n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
@@ -113,26 +124,13 @@ def adasplash_bwd_kernel_dq(
         # [BMQ, BNS]
         b_x = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
         if is_soft:
-            b_p = tl.exp2(b_x)
-            b_u = b_p
+            b_u = tl.exp2(b_x)  # u = p
         else:
-            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-            b_u = entmax_u(b_x, pm1)
-            b_p = b_u * b_x
+            b_u = entmax_u(tl.maximum(b_x, 0.0), pm1)  # hidden entries are -inf
         b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
         b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
-        if NEED_DALPHA:
-            b_dpl += tl.sum(tl.where(b_x > 0, b_dp * b_p * entmax_log2(b_x, pm1), 0.0), 1)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
-    if NEED_DALPHA:
-        b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
-        b_doo = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
-        b_ent = tl.load(ent + p_row, mask=m_row, other=0.0)
-        b_spl = b_dpl * (LN2 / a_m1)  # sum dP p log p
-        b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
-        b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
-        tl.store(dalpha_row + p_row, b_da, mask=m_row)
 
 
 @triton.jit

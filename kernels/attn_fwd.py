@@ -12,8 +12,9 @@ B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list o
    of equal scores: ``step = (S0 - S0^(2-alpha)) / S1`` with ``S0 = sum x^p``, ``S1 = sum x^(p-1)``. Each
    iteration walks the list; the list is then compacted again to the tiles that beat the final threshold.
 C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with ``U = p^(2-alpha)``
-   (the backward's ``delta = dO . O2``), the row term ``sum p log p`` when alpha needs a gradient, tau, the block's
-   threshold and the list's length (the backward walks the same list).
+   (the backward's ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the
+   same list). When alpha needs a gradient, also the row term ``sum p log p`` and ``O3 = (p log2 x) V``: the
+   backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, so no per-element log is left in the dq loop.
 """
 
 import triton
@@ -63,7 +64,7 @@ def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_kernel(
-    q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
+    q, k, v, o, o2, o3, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
     scale, softcap, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -224,6 +225,7 @@ def adasplash_fwd_kernel(
     b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
     b_su = tl.zeros([BM], dtype=tl.float32)
     b_ent = tl.zeros([BM], dtype=tl.float32)
+    b_o3 = tl.zeros([BM, BD], dtype=tl.float32)
     for j in range(0, cnt):
         n0 = tl.load(p_idx + j) * BN
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
@@ -243,7 +245,9 @@ def adasplash_fwd_kernel(
             b_u = entmax_u(b_x, pm1)
             b_p = b_u * b_x
             if NEED_ENT:
-                b_ent += tl.sum(tl.where(b_x > 0, b_p * entmax_log2(b_x, pm1), 0.0), 1)
+                b_pl = tl.where(b_x > 0, b_p * entmax_log2(b_x, pm1), 0.0)
+                b_ent += tl.sum(b_pl, 1)
+                b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
         b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
         if NEED_BWD:
             # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
@@ -267,5 +271,6 @@ def adasplash_fwd_kernel(
         tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)
         tl.store(tile_cnt + i_bh.to(tl.int64) * NMB + i_m, cnt)
         if NEED_ENT:
-            # sum p log p, log p = ln(x) / (alpha - 1)
+            # sum p log p, log p = ln(x) / (alpha - 1); O3 stays in log2 x units (the backward scales its dot)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)
+            tl.store(o3 + o_ptrs, b_o3.to(o3.dtype.element_ty), mask=m_qd)

@@ -185,7 +185,7 @@ def test_tiles_are_skipped_and_result_is_exact():
     # fp32 d(alpha) error reaches ~1.5e-3, ~5x the dense fp32 computation's: noted in RELIABILITY.md)
     q, k, v = _local_inputs(128, 32, pos=2.0)
     a = torch.full((2,), 1.5)
-    out, o2, tau, ent, gap, thr, idx, cnt = torch.ops.hf_adasplash.attn_fwd(
+    out, o2, tau, ent, o3, gap, thr, idx, cnt = torch.ops.hf_adasplash.attn_fwd(
         q, k, v, a, None, None, None, None, None, 128, 128, True, 32**-0.5, -1, 0.0, True, False)
     visited = ~torch.isnan(gap)  # tiles the forward never visits keep their NaN poison
     listed = gap > thr[..., None]

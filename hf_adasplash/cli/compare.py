@@ -30,6 +30,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the weights (default: 5e-5)")
     p.add_argument("--alpha-init", type=float, default=1.01, help="learned alpha starts here (default: 1.01)")
     p.add_argument("--alpha-lr", type=float, default=5e-2, help="learning rate of the alpha logits (default: 5e-2)")
+    p.add_argument("--min-alpha", type=float, default=1.001, help="learned alpha stays >= this (default: 1.001)")
+    p.add_argument("--max-alpha", type=float, default=2.0, help="learned alpha stays <= this (default: 2.0)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps of both runs (default: 0)")
     p.add_argument("--eval-tokens", type=positive_int, default=None, help="held-out tokens scored (default: all)")
     p.add_argument("--sparsity-sequences", type=positive_int, default=2, help="held-out sequences measured")
     p.add_argument("--gradient-checkpointing", action="store_true", help="both runs trade compute for memory")
@@ -76,10 +79,11 @@ def run(args) -> int:
     recipe = ["--model", args.model, *data, "--split", args.split, "--eval-split", args.eval_split,
               "--context-length", str(args.context_length), "--batch-size", str(args.batch_size),
               "--grad-accum", str(args.grad_accum), "--max-steps", str(args.max_steps), "--lr", str(args.lr),
-              "--seed", str(args.seed), "--report-to", "none", *quiet]
+              "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--report-to", "none", *quiet]
     if args.gradient_checkpointing:
         recipe.append("--gradient-checkpointing")
-    learned = ["--alpha-schedule", "learned", "--alpha-init", str(args.alpha_init), "--alpha-lr", str(args.alpha_lr)]
+    learned = ["--alpha-schedule", "learned", "--alpha-init", str(args.alpha_init), "--alpha-lr", str(args.alpha_lr),
+               "--min-alpha", str(args.min_alpha), "--max-alpha", str(args.max_alpha)]
     held_out = [*data, "--split", args.eval_split, "--context-length", str(args.context_length)]
     if args.eval_tokens:
         held_out += ["--max-tokens", str(args.eval_tokens)]

@@ -25,24 +25,24 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
                 is_causal, scale, window, softcap):
         need_ent = alpha.requires_grad
-        o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt = torch.ops.hf_adasplash.attn_fwd(
+        o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt = torch.ops.hf_adasplash.attn_fwd(
             q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
             is_causal, scale, window, softcap, True, need_ent,
         )
-        ctx.save_for_backward(q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q,
-                              cu_seqlens_k, q_pos, k_pos, kpm)
+        ctx.save_for_backward(q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt,
+                              cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm)
         ctx.args = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        (q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos,
-         k_pos, kpm) = ctx.saved_tensors
+        (q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
+         q_pos, k_pos, kpm) = ctx.saved_tensors
         need_dalpha = ctx.needs_input_grad[3]
         need_dkv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dq, dk, dv, dalpha = torch.ops.hf_adasplash.attn_bwd(
-            do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
-            q_pos, k_pos, kpm, *ctx.args, need_dalpha, need_dkv,
+            do, q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q,
+            cu_seqlens_k, q_pos, k_pos, kpm, *ctx.args, need_dalpha, need_dkv,
         )
         return ((dq if ctx.needs_input_grad[0] else None), (dk if need_dkv else None), (dv if need_dkv else None),
                 (dalpha if need_dalpha else None), *([None] * 11))

@@ -6,8 +6,8 @@ to the kernels as they are, so transposed HF layouts are never copied.
 
 Row statistics are fp32 ``[B, Hq, Nq]`` (padded) or ``[Hq, T]`` (varlen): ``tau`` stacks two of them, the row
 max ``m`` and the offset ``tau - m`` (kept apart so that fp32 keeps full precision at large scores), and the
-entropy term. The tile list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query
-block ``[B*Hq, NMB]``.
+entropy term; ``o3`` (like ``o``) holds the values weighted by ``p log2 x``, for the backward's d(alpha). The tile
+list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query block ``[B*Hq, NMB]``.
 """
 
 import torch
@@ -89,9 +89,9 @@ def attn_fwd(
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
     need_bwd: bool, need_ent: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
-    """Returns (o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt); all but o and the tile scratch are
-    empty unless a backward follows (ent: unless alpha needs a gradient)."""
+           torch.Tensor, torch.Tensor]:
+    """Returns (o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt); all but o and the tile scratch are
+    empty unless a backward follows (ent and o3: unless alpha needs a gradient)."""
     q, k, v = _last_dim_contiguous(q, k, v)
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
@@ -102,28 +102,31 @@ def attn_fwd(
     rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
     tau = rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0)
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
+    o3 = torch.empty_like(q) if need_ent else q.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
     tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
     tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
     tile_cnt = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32, device=q.device)
     if q.numel() == 0 or NMB == 0:
-        return o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt
+        return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
     qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
     cu_q = cu_seqlens_q if varlen else qp
     cu_k = cu_seqlens_k if varlen else qp
     r_b, r_h = _row_strides(rows, varlen)
     adasplash_fwd_kernel[(NMB, B * Hq)](
-        q=q, k=k, v=v, o=o, o2=o2, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
+        q=q, k=k, v=v, o=o, o2=o2, o3=o3, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
         tile_idx=tile_idx, tile_cnt=tile_cnt, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         **_io_strides(strides, q=q, k=k, v=v, o=o),
         stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, num_warps=t.fwd_warps, num_stages=t.fwd_stages,
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+        num_warps=(need_bwd and t.fwd_train_warps) or t.fwd_warps,
+        num_stages=(need_bwd and t.fwd_train_stages) or t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
-    return o, o2, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt
+    return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
 
 
 @attn_fwd.register_fake
@@ -138,6 +141,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
         torch.empty_like(q) if need_bwd else q.new_empty(0),
         rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0),
         torch.empty_like(rows) if need_ent else rows.new_empty(0),
+        torch.empty_like(q) if need_ent else q.new_empty(0),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
         q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.int32),
@@ -148,8 +152,8 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
 @torch.library.custom_op("hf_adasplash::attn_bwd", mutates_args=(), device_types=("cuda", "cpu"))
 def attn_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, o2: torch.Tensor,
-    alpha: torch.Tensor, tau: torch.Tensor, ent: torch.Tensor, tile_gap: torch.Tensor, tile_thr: torch.Tensor,
-    tile_idx: torch.Tensor, tile_cnt: torch.Tensor,
+    alpha: torch.Tensor, tau: torch.Tensor, ent: torch.Tensor, o3: torch.Tensor, tile_gap: torch.Tensor,
+    tile_thr: torch.Tensor, tile_idx: torch.Tensor, tile_cnt: torch.Tensor,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
@@ -189,7 +193,7 @@ def attn_bwd(
     )
     # dq first: it also writes delta, which the dk/dv kernel reads.
     adasplash_bwd_kernel_dq[(triton.cdiv(NQ, t.BMQ), B * Hq)](
-        o=o, o2=o2, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
+        o=o, o2=o2, o3=o3, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
         BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, **common,
     )
     if need_dalpha:
@@ -215,7 +219,7 @@ def _like(t, ref):
 
 
 @attn_bwd.register_fake
-def _(do, q, k, v, o, o2, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
+def _(do, q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k,
       q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha,
       need_dkv):
     dk, dv = (torch.empty_like(k), torch.empty_like(v)) if need_dkv else (k.new_empty(0), v.new_empty(0))

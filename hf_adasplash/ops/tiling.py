@@ -26,6 +26,8 @@ class Tiles:
     BMQ: int  # rows per dq program (a slice of a forward block)
     dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
     dkv_stages: int = 0  # 0: same as bwd_stages
+    fwd_train_warps: int = 0  # forward when a backward follows (two or three output accumulators); 0: fwd_warps
+    fwd_train_stages: int = 0  # 0: fwd_stages
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
     halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
 

@@ -110,7 +110,7 @@ def _peak(fn):
 
 
 def _block_sparsity(q, k, v, alpha):
-    o, o2, tau, ent, gap, thr, idx, cnt = torch.ops.hf_adasplash.attn_fwd(
+    o, o2, tau, ent, o3, gap, thr, idx, cnt = torch.ops.hf_adasplash.attn_fwd(
         q, k, v, alpha, None, None, None, None, None, q.shape[2], k.shape[2], True, q.shape[-1] ** -0.5, -1, 0.0,
         True, False)
     # causal tiles: those with at least one visible entry
