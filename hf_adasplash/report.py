@@ -82,6 +82,42 @@ def heatmaps(stats: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def training_curves(runs: dict[str, dict], path: str | Path) -> Path:
+    """Training loss of each fine-tune (``finetune.json`` contents by attention name) against tokens seen, with the
+    mean learned alpha on a second axis: the comparison of one recipe under two attentions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    ax2 = None
+    for name, ft in runs.items():
+        per_step = ft["tokens"] / max(ft["steps"], 1)
+        pts = [(h["step"] * per_step, h["loss"]) for h in ft["history"] if "loss" in h]
+        if pts:
+            ax.plot(*zip(*pts), label=f"{name} train loss")
+        alpha = [(h["step"] * per_step, h["alpha_mean"]) for h in ft["history"] if "alpha_mean" in h]
+        if alpha and max(a for _, a in alpha) > 1.0:
+            ax2 = ax2 or ax.twinx()
+            ax2.plot(*zip(*alpha), ls="--", color="0.4", label=f"{name} mean alpha")
+            ax2.set_ylabel("mean alpha")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss")
+    lines = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        more = ax2.get_legend_handles_labels()
+        lines = (lines[0] + more[0], lines[1] + more[1])
+    ax.legend(*lines, fontsize=8)
+    ax.set_title("same recipe, softmax (sdpa) vs learned alpha-entmax (adasplash)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def pattern_plot(pattern: dict, block_size: int, path: str | Path, alpha: float | None = None) -> Path:
     """Attention probabilities of one head (zeros in white), with the block grid the kernels skip on."""
     import matplotlib

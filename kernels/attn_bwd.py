@@ -5,8 +5,9 @@ With ``x = z - tau``, ``p = x^(1/(alpha-1))``, ``u = p^(2-alpha) = x^(1/(alpha-1
 
 - ``adasplash_bwd_kernel_dq``: one program per BMQ query rows (a slice of a forward block, sharing its list).
   Computes delta (stored for the dk/dv kernel), dq, and the per-row d(alpha)
-  ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``, whose ``sum dP p log p = dO . O3``
-  comes from the forward (a per-element log in this loop made it spill: 664 B of stack against 24 B at D = 64).
+  ``(dO.O - delta)/(alpha-1)^2 - (sum dP p log p - delta * ent)/(alpha-1)``. With ``O3_FWD``,
+  ``sum dP p log p = dO . O3`` comes from the forward (at D = 64 a per-element log in this loop spilled: 664 B of
+  stack against 24 B without); else this loop sums it (at D = 128 the forward's third accumulator costs more).
 - ``adasplash_bwd_kernel_dkv``: one program per key block and KV head; loops over the query heads of its GQA group
   and their listed query blocks, so dk/dv accumulate in registers without atomics. Runs after the dq kernel.
 """
@@ -16,6 +17,7 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import (
     dot_to_z,
+    entmax_log2,
     entmax_u,
     kv_range,
     prescale_q,
@@ -30,6 +32,18 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
+@triton.jit
+def dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft):
+    """Stores each row's d(alpha) term; ``b_spl = sum dP p log2 x``."""
+    b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
+    b_doo = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+    b_ent = tl.load(ent + p_row, mask=m_row, other=0.0)
+    b_spl = b_spl * (LN2 / a_m1)  # sum dP p log p
+    b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
+    b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
+    tl.store(dalpha_row + p_row, b_da, mask=m_row)
+
+
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_bwd_kernel_dq(
     q, k, v, o, o2, o3, do, dq, alpha, tau, ent, delta, dalpha_row, tile_idx, tile_cnt,
@@ -41,7 +55,7 @@ def adasplash_bwd_kernel_dq(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
-    BNS: tl.constexpr, BMQ: tl.constexpr,
+    BNS: tl.constexpr, BMQ: tl.constexpr, O3_FWD: tl.constexpr = True,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -99,18 +113,14 @@ def adasplash_bwd_kernel_dq(
     p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_blk) * NKB
     cnt = tl.load(tile_cnt + i_bh.to(tl.int64) * NMB + i_blk)
 
-    if NEED_DALPHA:
-        # row terms only (no per-element work): done before the loop, so nothing of it stays live across it
-        b_o = tl.load(o + p_orow, mask=m_qd, other=0.0)
-        b_doo = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+    if NEED_DALPHA and O3_FWD:
+        # row terms only, before the loop: nothing of them stays live across it
         b_o3 = tl.load(o3 + p_orow, mask=m_qd, other=0.0)
-        b_spl = tl.sum(b_do.to(tl.float32) * b_o3.to(tl.float32), 1) * (LN2 / a_m1)  # sum dP p log p
-        b_ent = tl.load(ent + p_row, mask=m_row, other=0.0)
-        b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
-        b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
-        tl.store(dalpha_row + p_row, b_da, mask=m_row)
+        b_spl = tl.sum(b_do.to(tl.float32) * b_o3.to(tl.float32), 1)
+        dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
 
     b_dq = tl.zeros([BMQ, BD], dtype=tl.float32)
+    b_spl = tl.zeros([BMQ], dtype=tl.float32)  # sum dP p log2(x), without O3_FWD
     # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
     for js in range(0, cnt * (BN // BNS)):
         n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
@@ -126,10 +136,15 @@ def adasplash_bwd_kernel_dq(
         if is_soft:
             b_u = tl.exp2(b_x)  # u = p
         else:
-            b_u = entmax_u(tl.maximum(b_x, 0.0), pm1)  # hidden entries are -inf
+            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf
+            b_u = entmax_u(b_x, pm1)
         b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
         b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
+        if NEED_DALPHA and not O3_FWD:
+            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_u * b_x * entmax_log2(b_x, pm1), 0.0), 1)
+    if NEED_DALPHA and not O3_FWD:
+        dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
 
 

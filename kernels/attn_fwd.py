@@ -13,8 +13,9 @@ B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list o
    iteration walks the list; the list is then compacted again to the tiles that beat the final threshold.
 C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with ``U = p^(2-alpha)``
    (the backward's ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the
-   same list). When alpha needs a gradient, also the row term ``sum p log p`` and ``O3 = (p log2 x) V``: the
-   backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, so no per-element log is left in the dq loop.
+   same list). When alpha needs a gradient, also the row term ``sum p log p`` and (``O3_FWD``) ``O3 = (p log2 x) V``:
+   the backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, with no per-element log in the dq loop.
+   A third output accumulator costs registers: the launch settings choose per head dim (``Tiles.o3_fwd``).
 """
 
 import triton
@@ -74,7 +75,7 @@ def adasplash_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False,
+    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -247,7 +248,8 @@ def adasplash_fwd_kernel(
             if NEED_ENT:
                 b_pl = tl.where(b_x > 0, b_p * entmax_log2(b_x, pm1), 0.0)
                 b_ent += tl.sum(b_pl, 1)
-                b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+                if O3_FWD:
+                    b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
         b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
         if NEED_BWD:
             # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
@@ -273,4 +275,5 @@ def adasplash_fwd_kernel(
         if NEED_ENT:
             # sum p log p, log p = ln(x) / (alpha - 1); O3 stays in log2 x units (the backward scales its dot)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)
-            tl.store(o3 + o_ptrs, b_o3.to(o3.dtype.element_ty), mask=m_qd)
+            if O3_FWD:
+                tl.store(o3 + o_ptrs, b_o3.to(o3.dtype.element_ty), mask=m_qd)

@@ -64,6 +64,9 @@ def variants(D: int) -> dict[str, object]:
     for bms, kw in [(64, 8), (32, 4), (64, 4), (128, 8)]:
         if (bms, kw) != (t.BMS, dkv_w):
             out[f"dkv-m{bms}w{kw}"] = r(t, BMS=bms, dkv_warps=kw, dkv_stages=dkv_s)
+    out["o3-fwd" if not t.o3_fwd else "o3-dq"] = r(t, o3_fwd=not t.o3_fwd)
+    if t.fwd_train_warps:
+        out["ftrain-off"] = r(t, fwd_train_warps=0, fwd_train_stages=0)
     out["nospill"] = r(t, fwd_train_warps=8, fwd_train_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import string
 from pathlib import Path
 
@@ -16,6 +17,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", nargs="*", default=[], metavar="JSON",
                    help="`eval --output` results (e.g. the softmax baseline and the adasplash model)")
     p.add_argument("--sparsity", default=None, metavar="JSON", help="`sparsity` result (sparsity.json)")
+    p.add_argument("--compare", default=None, metavar="JSON",
+                   help="`compare` result (compare.json): the bars against the softmax run, and by how much each is "
+                   "met or missed")
     p.add_argument("--name", default=None, help="model name in the title (default: the folder name)")
     p.add_argument("--base-model", default=None,
                    help="base model id for the card's metadata (default: the path recorded in finetune.json)")
@@ -67,12 +71,60 @@ def _sparsity(sp: dict | None) -> str:
         f"{sv['backward_flops']['saved_fraction']:.1%}; negative = costs more."])
 
 
+BAR_LABELS = {
+    "ppl_ratio": "held-out perplexity / softmax run's",
+    "zero_fraction": "attention weights exactly zero",
+    "block_zero_fraction": "64x64 tiles all-zero",
+    "throughput_ratio": "fine-tuning tokens/s / softmax run's",
+}
+
+
+def _comparison(cmp: dict | None) -> str:
+    if cmp is None:
+        return "Not compared (`hf-adasplash compare` fine-tunes both and writes compare.json; then `card --compare`)."
+    rows = ["| measure | value | bar | verdict |", "|---|---:|---|---|"]
+    for key, b in cmp["bars"].items():
+        v = cmp["values"].get(key)
+        if v is None:
+            verdict, shown = "not measured", "n/a"
+        else:
+            shown = f"{v:.3f}"
+            gap = v - b["bar"] if b["op"] == "<=" else b["bar"] - v
+            verdict = "met" if b["met"] else f"**missed** by {gap:.3f}"
+        rows.append(f"| {BAR_LABELS.get(key, key)} | {shown} | {b['op']} {b['bar']} | {verdict} |")
+    out = ["Both runs share the recipe and token budget above; only the attention differs.", "", *rows]
+    packed = cmp.get("perplexity_packed")
+    if packed:
+        ratio = packed["adasplash"] / packed["sdpa"]
+        out += ["", "On held-out blocks cut as in training (documents joined with BOS/EOS, no overlap; `finetune`'s "
+                f"own evaluation) the perplexities are {packed['sdpa']:.3f} (softmax) and {packed['adasplash']:.3f} "
+                f"(this model), a ratio of {ratio:.3f}."]
+    tps = cmp.get("tokens_per_s") or {}
+    if tps.get("sdpa") and tps.get("adasplash"):
+        out += ["", f"Fine-tuning throughput: {tps['sdpa']:,.0f} tokens/s (softmax, sdpa) and {tps['adasplash']:,.0f} "
+                f"tokens/s (this model, learned alpha)."]
+    return "\n".join(out)
+
+
+def _base_model_id(path: str) -> str:
+    """The Hub id of the offline SmolLM2 (converted into the cache from its GGUF), else the recorded path."""
+    from hf_adasplash import assets
+
+    return assets.SMOLLM2_HUB_ID if Path(path).name == assets.SMOLLM2_NAME else path
+
+
+def _images(paths: list[Path], card_dir: Path) -> str:
+    return "\n".join(f"![{p.stem.replace('_', ' ')}]({os.path.relpath(p, card_dir)})" for p in paths)
+
+
 def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str,
-           base_model: str | None = None, model_id: str | None = None) -> str:
+           base_model: str | None = None, model_id: str | None = None, comparison: dict | None = None,
+           sparsity_plots: str = "", comparison_plots: str = "") -> str:
     ft = read_json(model_dir / "finetune.json")
     r, hw = ft["recipe"], ft.get("hardware", {})
     return string.Template(TEMPLATE.read_text()).substitute(
-        name=name, base_model=base_model or ft["base_model"], license=license, version=hw.get("hf_adasplash", "?"),
+        name=name, base_model=base_model or _base_model_id(ft["base_model"]), license=license,
+        version=hw.get("hf_adasplash", "?"),
         model_path=model_id or str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
         steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
         context=r["context_length"], alpha_schedule=r["alpha_schedule"], alpha_init=r["alpha_init"],
@@ -80,7 +132,9 @@ def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str,
         alpha_lr=r["alpha_lr"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup_steps"],
         precision=ft.get("mixed_precision", "?"), processes=ft.get("num_processes", 1),
         throughput=ft.get("tokens_per_s"), hardware=hw.get("device", "?"),
-        ppl_table=_ppl_table(evals, model_dir), alpha_summary=_alpha_summary(ft["alpha"]), sparsity=_sparsity(sparsity),
+        ppl_table=_ppl_table(evals, model_dir), alpha_summary=_alpha_summary(ft["alpha"]),
+        sparsity="\n\n".join(filter(None, [_sparsity(sparsity), sparsity_plots])),
+        comparison="\n\n".join(filter(None, [_comparison(comparison), comparison_plots])),
         versions=", ".join(f"{k} {hw[k]}" for k in ("hf_adasplash", "transformers", "torch") if k in hw))
 
 
@@ -91,10 +145,14 @@ def run(args) -> int:
     if not (model_dir / "finetune.json").is_file():
         raise UserError(f"{model_dir} has no finetune.json: point at a folder written by `hf-adasplash finetune`")
     name = args.name or model_dir.resolve().name
+    out = Path(args.output) if args.output else Path("model_cards") / f"{name}.md"
+    # plots written next to the JSON by `sparsity` and `compare`, linked relative to the card
+    sp_plots = sorted(Path(args.sparsity).parent.glob("*.png")) if args.sparsity else []
+    cmp_plots = sorted(Path(args.compare).parent.glob("compare*.png")) if args.compare else []
     card = render(model_dir, [read_json(p) for p in args.eval],
                   read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model,
-                  args.model_id)
-    out = Path(args.output) if args.output else Path("model_cards") / f"{name}.md"
+                  args.model_id, read_json(args.compare) if args.compare else None,
+                  _images(sp_plots, out.parent.resolve()), _images(cmp_plots, out.parent.resolve()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)
     print(f"wrote {out}")

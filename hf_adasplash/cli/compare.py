@@ -39,6 +39,8 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of both runs")
     p.add_argument("--card", default=None, help="model card path (default: <output-dir>/adasplash/README.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="skip the runs: rebuild compare.json, compare.png and the card from the files in --output-dir")
 
 
 def _check(value: float | None, op: str, bar: float) -> bool | None:
@@ -60,7 +62,9 @@ def summarize(out: Path) -> dict:
         "throughput_ratio": tps["adasplash"] / tps["sdpa"] if tps["sdpa"] and tps["adasplash"] else None,
     }
     return {
-        "perplexity": {a: evals[a]["perplexity"] for a in evals}, "tokens_per_s": tps,
+        "perplexity": {a: evals[a]["perplexity"] for a in evals},
+        # finetune's own held-out blocks, cut like the training data (documents joined with BOS/EOS, no overlap)
+        "perplexity_packed": {a: (runs[a].get("eval") or {}).get("ppl") for a in runs}, "tokens_per_s": tps,
         "tokens": {a: runs[a]["tokens"] for a in runs}, "alpha": runs["adasplash"]["alpha"],
         "context_length": sp.get("context_length"), "hardware": runs["adasplash"].get("hardware"),
         "values": values,
@@ -96,17 +100,28 @@ def run(args) -> int:
         ["sparsity", "--model", str(out / "adasplash"), *data, "--split", args.eval_split,
          "--context-length", str(args.context_length), "--num-sequences", str(args.sparsity_sequences),
          "-o", str(out / "sparsity")],
-        ["card", str(out / "adasplash"), "--eval", str(out / "eval-sdpa.json"), str(out / "eval-adasplash.json"),
-         "--sparsity", str(out / "sparsity" / "sparsity.json"),
-         "-o", args.card or str(out / "adasplash" / "README.md")],
     ]
-    for i, argv in enumerate(steps, 1):
-        console().print(f"[bold]compare {i}/{len(steps)}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}")
+    card = ["card", str(out / "adasplash"), "--eval", str(out / "eval-sdpa.json"), str(out / "eval-adasplash.json"),
+            "--sparsity", str(out / "sparsity" / "sparsity.json"), "--compare", str(out / "compare.json"),
+            "-o", args.card or str(out / "adasplash" / "README.md")]
+    if args.card:
+        card += ["--name", Path(args.card).stem]
+    for i, argv in enumerate([] if args.summarize_only else steps, 1):
+        console().print(f"[bold]compare {i}/{len(steps) + 1}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}")
         rc = main(argv)
         if rc:
             return rc
     result = summarize(out)
     write_json(out / "compare.json", result)
+    from hf_adasplash.report import training_curves
+
+    training_curves({a: json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash")},
+                    out / "compare.png")
+    n = len(steps) + 1
+    console().print(f"[bold]compare {n}/{n}:[/] hf-adasplash {' '.join(card[:1] + card[-2:])}")
+    rc = main(card)
+    if rc:
+        return rc
     c = console()
     for k, b in result["bars"].items():
         v = result["values"][k]

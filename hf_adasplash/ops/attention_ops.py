@@ -102,7 +102,7 @@ def attn_fwd(
     rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
     tau = rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0)
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
-    o3 = torch.empty_like(q) if need_ent else q.new_empty(0)
+    o3 = torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
     tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
     tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
@@ -121,7 +121,7 @@ def attn_fwd(
         stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd,
         num_warps=(need_bwd and t.fwd_train_warps) or t.fwd_warps,
         num_stages=(need_bwd and t.fwd_train_stages) or t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
@@ -141,7 +141,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
         torch.empty_like(q) if need_bwd else q.new_empty(0),
         rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0),
         torch.empty_like(rows) if need_ent else rows.new_empty(0),
-        torch.empty_like(q) if need_ent else q.new_empty(0),
+        torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
         q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.int32),
@@ -194,7 +194,7 @@ def attn_bwd(
     # dq first: it also writes delta, which the dk/dv kernel reads.
     adasplash_bwd_kernel_dq[(triton.cdiv(NQ, t.BMQ), B * Hq)](
         o=o, o2=o2, o3=o3, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
-        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, **common,
+        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, **common,
     )
     if need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics

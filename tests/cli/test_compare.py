@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from hf_adasplash.cli.card import BAR_LABELS
 from hf_adasplash.cli.main import main
 
 
@@ -27,5 +28,12 @@ def test_compare_runs_both_recipes_and_checks_the_bars(tmp_path, tiny_model, cor
     assert 0.0 <= result["values"]["zero_fraction"] <= 1.0
     assert set(result["bars"]) == {"ppl_ratio", "zero_fraction", "block_zero_fraction", "throughput_ratio"}
     assert all(b["met"] in (True, False) for b in result["bars"].values())
+    assert result["perplexity_packed"]["sdpa"] > 1 and result["perplexity_packed"]["adasplash"] > 1
     card = (out / "adasplash" / "README.md").read_text()
     assert "sdpa" in card and "adasplash" in card
+    # the card states every bar, and by how much a missed one is missed
+    section = card.split("## Against softmax")[1].split("## alpha")[0]
+    for key, b in result["bars"].items():
+        line = next(row for row in section.splitlines() if row.startswith(f"| {BAR_LABELS[key]} |"))
+        assert ("| met |" in line) if b["met"] else ("missed** by" in line), line
+    assert f"{result['perplexity_packed']['sdpa']:.3f}" in section
