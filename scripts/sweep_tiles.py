@@ -37,15 +37,16 @@ CASES = {
 }
 
 # cases that time only a few variants (the general power: MUFU-bound, the same kernels as the alpha = 1.5 case)
-CASE_VARIANTS = {"d64-random-a1.25": {"default", "ftrain-w8s3", "dq-m64n64w8", "nospill"}}
+CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill"}}
 
 
 def variants(D: int) -> dict[str, object]:
     """Named launch settings for head dim D; "default" first (the reference for the consistency check).
 
     The candidates are the settings that ptxas compiles without (or with few) register spills at sm_90, next to
-    the measured defaults (which spill, but keep two programs per SM): "ftrain" is the forward when a backward
-    follows (two or three output accumulators), "dq"/"dkv" the backward kernels, "nospill" all of them.
+    the measured defaults (which spill, but keep two programs per SM): "fent" is the forward for a learnable alpha
+    (the fwd+bwd timed here), "o3-*" where d(alpha)'s row term is summed, "dq"/"dkv" the backward kernels,
+    "nospill" all of them.
     """
     t = tiles(D)
     r = dataclasses.replace
@@ -55,7 +56,7 @@ def variants(D: int) -> dict[str, object]:
     out[f"fwd-w{other}s{s}"] = r(t, fwd_warps=other)
     for fw, fs in [(8, 3), (8, 4), (4, 3)]:
         if (fw, fs) != (w, s):
-            out[f"ftrain-w{fw}s{fs}"] = r(t, fwd_train_warps=fw, fwd_train_stages=fs)
+            out[f"fent-w{fw}s{fs}"] = r(t, fwd_ent_warps=fw, fwd_ent_stages=fs)
     bw, bs = t.bwd_warps, t.bwd_stages
     dkv_w, dkv_s = t.dkv_warps or bw, t.dkv_stages or bs
     for bmq, bns, dw in [(64, t.BN, 8), (32, t.BN, 4), (64, t.BN, 4)]:
@@ -65,9 +66,9 @@ def variants(D: int) -> dict[str, object]:
         if (bms, kw) != (t.BMS, dkv_w):
             out[f"dkv-m{bms}w{kw}"] = r(t, BMS=bms, dkv_warps=kw, dkv_stages=dkv_s)
     out["o3-fwd" if not t.o3_fwd else "o3-dq"] = r(t, o3_fwd=not t.o3_fwd)
-    if t.fwd_train_warps:
-        out["ftrain-off"] = r(t, fwd_train_warps=0, fwd_train_stages=0)
-    out["nospill"] = r(t, fwd_train_warps=8, fwd_train_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
+    if t.fwd_ent_warps:
+        out["fent-off"] = r(t, fwd_ent_warps=0, fwd_ent_stages=0)
+    out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out
 

@@ -122,8 +122,8 @@ def attn_fwd(
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd,
-        num_warps=(need_bwd and t.fwd_train_warps) or t.fwd_warps,
-        num_stages=(need_bwd and t.fwd_train_stages) or t.fwd_stages,
+        num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps,
+        num_stages=(need_ent and t.fwd_ent_stages) or t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt

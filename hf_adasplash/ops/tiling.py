@@ -26,8 +26,8 @@ class Tiles:
     BMQ: int  # rows per dq program (a slice of a forward block)
     dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
     dkv_stages: int = 0  # 0: same as bwd_stages
-    fwd_train_warps: int = 0  # forward when a backward follows (two or three output accumulators); 0: fwd_warps
-    fwd_train_stages: int = 0  # 0: fwd_stages
+    fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
+    fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
     halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
@@ -39,11 +39,12 @@ def tiles(head_dim: int) -> Tiles:
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
         return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64)  # both d(alpha) paths, as on the GPU
-    # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5): 4-warp forward with 4 stages; dq programs of
+    # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
-    # 64-row slices at 4 warps.
+    # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
+    # [BM, D] accumulator spills at 4); at D >= 128 the dq loop sums d(alpha)'s row term instead.
     if BD <= 64:
-        return Tiles(128, 64, BD, 4, 4, 4, 2, 64, 128, 64, fwd_train_warps=8, fwd_train_stages=3)
+        return Tiles(128, 64, BD, 4, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False)
-    return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32)
+    return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32, o3_fwd=False)
