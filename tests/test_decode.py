@@ -106,6 +106,15 @@ def test_decode_alpha_near_one_keeps_softmax_precision():
     _check(q, k, v, torch.tensor([1.0001, 1.001, 1.01, 1.0]), is_causal=True)
 
 
+@pytest.mark.parametrize("alpha", [torch.tensor([1.0001, 1.001, 1.01, 1.0], dtype=torch.float64), 1.0001],
+                         ids=["float64-tensor", "python-float"])
+def test_decode_alpha_minus_one_is_exact(alpha):
+    # the truth uses alpha = 1.0001 exactly while the kernels take alpha in fp32 (alpha - 1 off by 1.7e-4 relative):
+    # harmless here, as p = exp(log1p((alpha - 1)(s - tau)) / (alpha - 1)) depends on alpha - 1 only at second order
+    q, k, v = _inputs(1, 4, 1, 2, 150, 32, torch.float32, scale_up=2.0)
+    _check(q, k, v, alpha, is_causal=True)
+
+
 def test_decode_rejects_bad_input():
     q, k, v = _inputs(1, 2, 1, 17, 20, 32, torch.float32)
     with pytest.raises(ValueError, match="at most 16 queries"):

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Register use and spills of the attention kernels, compiled for a GPU target on any host (no GPU needed).
+
+Each kernel is compiled with ``triton.compile`` for ``--arch`` (default sm_90) under the launch settings of
+``hf_adasplash.ops.tiling.tiles``, and ptxas's result is read back with the ``cuobjdump`` bundled with Triton:
+registers per thread, local-memory stack per thread (spill space) and the number of spill stores/loads (STL/LDL)
+in the SASS. A spill inside a tile loop costs far more than one around it, so read the counts as a hint and time
+the candidates on the GPU (``scripts/sweep_tiles.py``). Compiling takes ~5 s per kernel.
+
+    python scripts/kernel_spills.py                       # D = 64 and 128, bf16, causal, default settings
+    python scripts/kernel_spills.py --head-dims 128 --fwd-warps 4 --json spills.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
+
+# pointer arguments that are not the q/k/v-dtype tensors
+POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
+            "tile_idx": "*i32", "tile_cnt": "*i32", "cu_seqlens_q": "*i32", "cu_seqlens_k": "*i32", "q_pos": "*i32",
+            "k_pos": "*i32", "kpm": "*u8", "delta": "*fp32", "dalpha_row": "*fp32", "q_list": "*i32"}
+SCALARS = {"scale": "fp32", "softcap": "fp32"}
+FLAGS = {"IS_CAUSAL": True, "HAS_WINDOW": False, "HAS_POS": False, "HAS_KPM": False, "HAS_SOFTCAP": False,
+         "IS_VARLEN": False, "DOT_PREC": "tf32"}
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: str) -> dict:
+    """Compiles one specialisation and returns registers, stack bytes and spill instructions per thread."""
+    names = kernel.arg_names
+    sig = {}
+    for n in names:
+        if n in constexprs:
+            sig[n] = "constexpr"
+        elif n in POINTERS or n in SCALARS:
+            sig[n] = POINTERS.get(n) or SCALARS[n]
+        elif n.startswith("stride") or n in ("NQ", "NK", "W", "NMB", "NKB"):
+            sig[n] = "i32"
+        else:
+            sig[n] = "*" + dtype
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 64),
+                              options={"num_warps": warps, "num_stages": stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
+    if m is None:
+        raise RuntimeError(f"unexpected cuobjdump output: {usage[:300]}")
+    return {"regs": int(m.group(1)), "stack_bytes": int(m.group(2)), "stl": sass.count(" STL"),
+            "ldl": sass.count(" LDL")}
+
+
+def cases(D: int, t):
+    """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
+    BD = t.BD
+    base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
+    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+               O3_FWD=t.o3_fwd)
+    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), t.fwd_warps, t.fwd_stages
+    yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), t.fwd_warps, t.fwd_stages
+    yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
+           t.fwd_ent_warps or t.fwd_warps, t.fwd_ent_stages or t.fwd_stages)
+    dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd)
+    yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), t.bwd_warps, t.bwd_stages
+    yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), t.bwd_warps, t.bwd_stages
+    yield ("dk/dv", adasplash_bwd_kernel_dkv, dict(base, CH=LIST_CHUNK, BMS=t.BMS), t.dkv_warps or t.bwd_warps,
+           t.dkv_stages or t.bwd_stages)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--head-dims", default="64,128", help="comma list (default: 64,128)")
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (default: 90, Hopper)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a Tiles field, e.g. --set fwd_warps=8 --set o3_fwd=0 (repeatable)")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("unset TRITON_INTERPRET: the interpreter's tiles are not the GPU's")
+    rows = []
+    for D in (int(d) for d in args.head_dims.split(",")):
+        t = tiles(D)
+        for item in args.set:
+            field, value = item.split("=", 1)
+            t = dataclasses.replace(t, **{field: type(getattr(t, field))(int(value))})
+        for name, kernel, constexprs, warps, stages in cases(D, t):
+            row = {"D": D, "kernel": name, "warps": warps, "stages": stages,
+                   **spills(kernel, constexprs, warps, stages, args.arch, args.dtype)}
+            rows.append(row)
+            print(f"D={D:<4d} {name:22s} warps {warps} stages {stages}: {row['regs']} regs, "
+                  f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"arch": args.arch, "triton": triton.__version__, "rows": rows},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
