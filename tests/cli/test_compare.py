@@ -11,8 +11,8 @@ from hf_adasplash.cli.main import main
 def test_compare_runs_both_recipes_and_checks_the_bars(tmp_path, tiny_model, corpus):
     out = tmp_path / "cmp"
     rc = main(["compare", "--model", str(tiny_model), "--dataset", str(corpus), "--context-length", "32",
-               "--batch-size", "2", "--max-steps", "3", "--eval-tokens", "256", "--sparsity-sequences", "1",
-               "--alpha-init", "1.5", "--no-progress", "-o", str(out)])
+               "--batch-size", "2", "--grad-accum", "1", "--max-steps", "3", "--eval-tokens", "256",
+               "--sparsity-sequences", "1", "--alpha-init", "1.5", "--no-progress", "-o", str(out)])
     assert rc == 0
     result = json.loads((out / "compare.json").read_text())
     sdpa, ada = (json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash"))
