@@ -106,6 +106,15 @@ def _comparison(cmp: dict | None) -> str:
     return "\n".join(out)
 
 
+def _alpha_recipe(r: dict) -> str:
+    """The alpha schedule in words: a fixed value, an anneal from init to target, or learned from init in bounds."""
+    if r["alpha_schedule"] == "fixed":
+        return f"fixed at {r['alpha']}"
+    if r["alpha_schedule"] == "anneal":
+        return f"annealed from {r['alpha_init']} to {r['alpha']}"
+    return f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
+
+
 def _base_model_id(path: str) -> str:
     """The Hub id of the offline SmolLM2 (converted into the cache from its GGUF), else the recorded path."""
     from hf_adasplash import assets
@@ -127,8 +136,7 @@ def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str,
         version=hw.get("hf_adasplash", "?"),
         model_path=model_id or str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
         steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
-        context=r["context_length"], alpha_schedule=r["alpha_schedule"], alpha_init=r["alpha_init"],
-        alpha_target=r["alpha"], min_alpha=r["min_alpha"], max_alpha=r["max_alpha"], lr=r["lr"],
+        context=r["context_length"], alpha_recipe=_alpha_recipe(r), lr=r["lr"],
         alpha_lr=r["alpha_lr"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup_steps"],
         precision=ft.get("mixed_precision", "?"), processes=ft.get("num_processes", 1),
         throughput=ft.get("tokens_per_s"), hardware=hw.get("device", "?"),
