@@ -5,8 +5,7 @@ A. One dense pass over the visible key tiles, starting at the block's diagonal t
    the final gap from above; a tile with ``g <= min_rows(tau - m)`` holds no entry above tau in any row and is
    all-zero. Softmax heads also accumulate the online normaliser here. Masks are applied only on tiles that cross
    a causal/window/sequence boundary (or when key padding / explicit positions are given).
-B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list on the device (B and C walk each
-   listed tile in BNC-key slices: smaller live tiles, fewer register spills). tau (entmax heads):
+B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list on the device. tau (entmax heads):
    Newton on the convex decreasing ``h(tau) = (sum_j [z_j - tau]_+^(1/(alpha-1)))^(alpha-1) - 1`` (an L_p norm of
    convex functions), started at the certified lower bound ``m - 1``. Steps from the left never overshoot, every
    iterate is a certified lower bound (so skipping stays exact), and the step is exact when the support is a set
@@ -76,7 +75,7 @@ def adasplash_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True, BNC: tl.constexpr = 64,
+    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -171,10 +170,10 @@ def adasplash_fwd_kernel(
             b_s0 = tl.zeros([BM], dtype=tl.float32)
             b_s1 = tl.zeros([BM], dtype=tl.float32)
             b_s2 = tl.zeros([BM], dtype=tl.float32)
-            for js in range(0, cnt * (BN // BNC)):
-                n0 = tl.load(p_idx + js // (BN // BNC)) * BN + (js % (BN // BNC)) * BNC
+            for j in range(0, cnt):
+                n0 = tl.load(p_idx + j) * BN
                 b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                       k_pos_base, kpm_base, scale, softcap, zs, BNC, IS_CAUSAL, HAS_WINDOW,
+                                       k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
                                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
                 # [BM, BN]
                 b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
@@ -228,13 +227,13 @@ def adasplash_fwd_kernel(
     b_su = tl.zeros([BM], dtype=tl.float32)
     b_ent = tl.zeros([BM], dtype=tl.float32)
     b_o3 = tl.zeros([BM, BD], dtype=tl.float32)
-    for js in range(0, cnt * (BN // BNC)):
-        n0 = tl.load(p_idx + js // (BN // BNC)) * BN + (js % (BN // BNC)) * BNC
+    for j in range(0, cnt):
+        n0 = tl.load(p_idx + j) * BN
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                               kpm_base, scale, softcap, zs, BNC, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                               kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                HAS_SOFTCAP, DOT_PREC)
-        o_n = n0 + tl.arange(0, BNC)
-        # [BNC, BD]
+        o_n = n0 + tl.arange(0, BN)
+        # [BN, BD]
         b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
                       mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
         # [BM, BN]

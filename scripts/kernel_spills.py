@@ -76,7 +76,7 @@ def cases(D: int, t):
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
     fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
-               O3_FWD=t.o3_fwd, BNC=t.BNC or t.BN)
+               O3_FWD=t.o3_fwd)
     yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),

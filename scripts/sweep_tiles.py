@@ -68,8 +68,6 @@ def variants(D: int) -> dict[str, object]:
     out["o3-fwd" if not t.o3_fwd else "o3-dq"] = r(t, o3_fwd=not t.o3_fwd)
     if t.fwd_ent_warps:
         out["fent-off"] = r(t, fwd_ent_warps=0, fwd_ent_stages=0)
-    for bnc in (32, 16):
-        out[f"fwd-bnc{bnc}"] = r(t, BNC=bnc)
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

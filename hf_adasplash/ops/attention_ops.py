@@ -121,7 +121,7 @@ def attn_fwd(
         stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, BNC=t.BNC or t.BN,
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps,
         num_stages=(need_ent and t.fwd_ent_stages) or t.fwd_stages,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),

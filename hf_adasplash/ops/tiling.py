@@ -29,7 +29,6 @@ class Tiles:
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
-    BNC: int = 0  # the forward's tau and output passes walk each listed tile in BNC-key slices; 0: BN (no slicing)
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
     halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
 
@@ -39,8 +38,7 @@ def tiles(head_dim: int) -> Tiles:
     BD = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
-        # both d(alpha) paths as on the GPU, and sliced tau/output passes
-        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, BNC=16)
+        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64)  # both d(alpha) paths, as on the GPU
     # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
