@@ -96,9 +96,11 @@ def _comparison(cmp: dict | None) -> str:
     packed = cmp.get("perplexity_packed")
     if packed:
         ratio = packed["adasplash"] / packed["sdpa"]
+        blocks = cmp.get("packed_eval_blocks")
+        first = f"its first {blocks} blocks" if blocks else "its held-out blocks"
         out += ["", "On held-out blocks cut as in training (documents joined with BOS/EOS, no overlap; `finetune`'s "
-                f"own evaluation) the perplexities are {packed['sdpa']:.3f} (softmax) and {packed['adasplash']:.3f} "
-                f"(this model), a ratio of {ratio:.3f}."]
+                f"own evaluation, {first} of {cmp.get('context_length')} tokens) the perplexities are "
+                f"{packed['sdpa']:.3f} (softmax) and {packed['adasplash']:.3f} (this model), a ratio of {ratio:.3f}."]
     tps = cmp.get("tokens_per_s") or {}
     if tps.get("sdpa") and tps.get("adasplash"):
         out += ["", f"Fine-tuning throughput: {tps['sdpa']:,.0f} tokens/s (softmax, sdpa) and {tps['adasplash']:,.0f} "

@@ -68,7 +68,8 @@ def summarize(out: Path) -> dict:
     return {
         "perplexity": {a: evals[a]["perplexity"] for a in evals},
         # finetune's own held-out blocks, cut like the training data (documents joined with BOS/EOS, no overlap)
-        "perplexity_packed": {a: (runs[a].get("eval") or {}).get("ppl") for a in runs}, "tokens_per_s": tps,
+        "perplexity_packed": {a: (runs[a].get("eval") or {}).get("ppl") for a in runs},
+        "packed_eval_blocks": runs["adasplash"]["recipe"].get("eval_blocks"), "tokens_per_s": tps,
         "tokens": {a: runs[a]["tokens"] for a in runs}, "alpha": runs["adasplash"]["alpha"],
         "context_length": sp.get("context_length"), "hardware": runs["adasplash"].get("hardware"),
         "values": values,

@@ -37,3 +37,5 @@ def test_compare_runs_both_recipes_and_checks_the_bars(tmp_path, tiny_model, cor
         line = next(row for row in section.splitlines() if row.startswith(f"| {BAR_LABELS[key]} |"))
         assert ("| met |" in line) if b["met"] else ("missed** by" in line), line
     assert f"{result['perplexity_packed']['sdpa']:.3f}" in section
+    # the training curves of both runs, linked from the card
+    assert (out / "compare.png").stat().st_size > 0 and "compare.png)" in section
