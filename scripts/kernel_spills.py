@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Tiles field, e.g. --set fwd_warps=8 --set o3_fwd=0 (repeatable)")
+    p.add_argument("--kernels", default="", help="only the specialisations whose name contains this (e.g. 'dq')")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
             field, value = item.split("=", 1)
             t = dataclasses.replace(t, **{field: type(getattr(t, field))(int(value))})
         for name, kernel, constexprs, warps, stages in cases(D, t):
+            if args.kernels not in name:
+                continue
             row = {"D": D, "kernel": name, "warps": warps, "stages": stages,
                    **spills(kernel, constexprs, warps, stages, args.arch, args.dtype)}
             rows.append(row)
