@@ -38,8 +38,10 @@ def _ppl_table(evals: list[dict], model_dir: Path) -> str:
     for e in evals:
         alpha = "checkpoint's" if e["attn"] == "adasplash" and e.get("alpha") is None else (e.get("alpha") or "softmax")
         name = "this model" if Path(e["model"]).resolve() == model_dir.resolve() else Path(e["model"]).name
+        span = (f"{e['max_length']} blocks (packed)" if e.get("format") == "packed" else
+                f"{e['max_length']} / {e['stride']}")
         rows.append(f"| {name} | {e['attn']} | {alpha} | {e['dataset']} / {e['split']} | "
-                    f"{e['max_length']} / {e['stride']} | {e['num_tokens']:,} | {e['perplexity']:.3f} |")
+                    f"{span} | {e['num_tokens']:,} | {e['perplexity']:.3f} |")
     return "\n".join(rows)
 
 

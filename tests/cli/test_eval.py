@@ -57,6 +57,29 @@ def test_sdpa_equals_adasplash_at_alpha_one(tmp_path, tiny_model, corpus):
     assert sparse["perplexity"] != pytest.approx(sdpa["perplexity"], rel=1e-5)  # alpha actually reaches the model
 
 
+def test_packed_eval_scores_the_training_blocks(tmp_path, tiny_model, corpus):
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_adasplash.data import load_text, pack
+    from hf_adasplash.evaluation import load_model
+
+    out = tmp_path / "packed.json"
+    rc = main(["eval", "--model", str(tiny_model), "--dataset", str(corpus), "--split", "test",
+               "--context-length", "64", "--packed", "-o", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    # the same blocks finetune evaluates on, each scored alone: mean of the per-block losses (blocks are equal-sized)
+    blocks = pack(load_text(str(corpus), "test"), AutoTokenizer.from_pretrained(tiny_model), 64)[:]["input_ids"]
+    model, _, _ = load_model(str(tiny_model), "sdpa")
+    with torch.no_grad():
+        losses = [model(b[None], labels=b[None]).loss.item() for b in blocks]
+    assert result["format"] == "packed" and result["num_windows"] == len(blocks) >= 2
+    assert result["num_tokens"] == len(blocks) * 63
+    assert result["perplexity"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-5)
+    assert _eval(tmp_path, tiny_model, corpus)["format"] == "stream"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--model", "/no/such/model"], "unknown model"),
     (["eval", "--model", "{model}", "--dataset", "/no/such/data.txt"], "not found locally"),
@@ -70,6 +93,8 @@ def test_sdpa_equals_adasplash_at_alpha_one(tmp_path, tiny_model, corpus):
     (["finetune", "--model", "{model}", "-o", "{tmp}/o", "--dataset", "nonexistent_dataset_xyz"], "not found locally"),
     (["finetune", "--model", "{model}", "-o", "{tmp}/o", "--alpha", "2.5"], "--alpha must be in"),
     (["eval", "--attn", "flash"], "invalid choice"),
+    (["eval", "--model", "{model}", "--dataset", "{corpus}", "--split", "test", "--packed", "--stride", "8"],
+     "drop --stride"),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, tiny_model, corpus, capsys, argv, message):
     argv = [a.format(model=tiny_model, corpus=corpus, tmp=tmp_path) for a in argv]
