@@ -53,6 +53,18 @@ def _grid(stats: dict, key: str):
     return grid
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lays out, writes (creating the folder) and closes one matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def heatmaps(stats: dict, out_dir: str | Path) -> list[Path]:
     """One layer x head heatmap PNG per quantity: alpha, zero fraction, all-zero block fraction."""
     import matplotlib
@@ -110,12 +122,7 @@ def training_curves(runs: dict[str, dict], path: str | Path) -> Path:
         lines = (lines[0] + more[0], lines[1] + more[1])
     ax.legend(*lines, fontsize=8)
     ax.set_title("same recipe, softmax (sdpa) vs learned alpha-entmax (adasplash)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pattern_plot(pattern: dict, block_size: int, path: str | Path, alpha: float | None = None) -> Path:
@@ -143,12 +150,7 @@ def pattern_plot(pattern: dict, block_size: int, path: str | Path, alpha: float 
     ax.set_xlabel("key position")
     ax.set_ylabel("query position")
     fig.colorbar(im, ax=ax, label="probability (white = exactly 0)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def per_layer(stats: dict) -> list[dict]:
