@@ -53,9 +53,14 @@ def _check(value: float | None, op: str, bar: float) -> bool | None:
     return value <= bar if op == "<=" else value >= bar
 
 
+def _runs(out: Path) -> dict:
+    """Both fine-tunes' ``finetune.json``, by attention."""
+    return {a: json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash")}
+
+
 def summarize(out: Path) -> dict:
     """compare.json's content from the files the steps wrote (also usable on its own, e.g. after a rerun)."""
-    runs = {a: json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash")}
+    runs = _runs(out)
     evals = {a: json.loads((out / f"eval-{a}.json").read_text()) for a in ("sdpa", "adasplash")}
     sp = json.loads((out / "sparsity" / "sparsity.json").read_text())
     tps = {a: runs[a]["tokens_per_s"] for a in runs}
@@ -120,8 +125,7 @@ def run(args) -> int:
     write_json(out / "compare.json", result)
     from hf_adasplash.report import training_curves
 
-    training_curves({a: json.loads((out / a / "finetune.json").read_text()) for a in ("sdpa", "adasplash")},
-                    out / "compare.png")
+    training_curves(_runs(out), out / "compare.png")
     n = len(steps) + 1
     console().print(f"[bold]compare {n}/{n}:[/] hf-adasplash {' '.join(card[:1] + card[-2:])}")
     rc = main(card)
