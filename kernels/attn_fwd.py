@@ -3,9 +3,13 @@
 A. One dense pass over the visible key tiles, starting at the block's diagonal tile: row max ``m`` (z units) and,
    per tile, the gap ``g = max_rows(tile row max - running row max)``. The running max only grows, so ``g`` bounds
    the final gap from above; a tile with ``g <= min_rows(tau - m)`` holds no entry above tau in any row and is
-   all-zero. Softmax heads also accumulate the online normaliser here. Masks are applied only on tiles that cross
-   a causal/window/sequence boundary (or when key padding / explicit positions are given).
-B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list on the device. tau (entmax heads):
+   all-zero. Masks are applied only on tiles that cross a causal/window/sequence boundary (or when key padding /
+   explicit positions are given). By default this pass is its own kernel (``adasplash_fwd_scan_kernel``, ``SCANNED``):
+   on sparse inputs it is most of the forward's time, and alone it needs ~120 registers instead of the main
+   kernel's 255, so more programs share an SM and hide its loads.
+B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list on the device. Softmax heads sum
+   their normaliser over it (``g > -150``: below that exp2 is 0 in fp32) and keep the tiles it leaves nonzero.
+   tau (entmax heads):
    Newton on the convex decreasing ``h(tau) = (sum_j [z_j - tau]_+^(1/(alpha-1)))^(alpha-1) - 1`` (an L_p norm of
    convex functions), started at the certified lower bound ``m - 1``. Steps from the left never overshoot, every
    iterate is a certified lower bound (so skipping stays exact), and the step is exact when the support is a set
@@ -63,6 +67,89 @@ def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_
     return b_z, b_kt
 
 
+@triton.jit
+def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
+               p_gap, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               DOT_PREC: tl.constexpr):
+    """Phase A: the one dense pass. Returns the row max and stores each tile's gap.
+
+    Nothing else happens here (the softmax normaliser is summed later, over listed tiles only): the loop then needs
+    few registers, and more programs per SM hide its loads.
+    """
+    b_m = tl.full([BM], float("-inf"), tl.float32)
+    # Start at the tile of the block's diagonal and wrap around: row maxima usually sit near the diagonal, and
+    # the earlier the running max is close to final, the tighter every later tile's gap.
+    n_tiles = tl.cdiv(hi - lo, BN)
+    i_diag = tl.minimum(tl.maximum(m0 + off - lo, 0) // BN, tl.maximum(n_tiles - 1, 0))
+    for i_t in range(0, n_tiles):
+        n0 = lo + ((i_diag + i_t) % n_tiles) * BN
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                                kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                HAS_SOFTCAP, DOT_PREC)
+        # [BM]
+        b_t = tl.max(b_z, 1)
+        b_mn = tl.maximum(b_m, b_t)
+        g = tl.max(tl.where(m_row & (b_t > float("-inf")), b_t - b_mn, float("-inf")), 0)
+        tl.store(p_gap + n0 // BN, g)
+        b_m = b_mn
+    return b_m
+
+
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+def adasplash_fwd_scan_kernel(
+    q, k, alpha, rows, tile_gap, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
+    scale, softcap, NQ, NK, W, NMB, NKB,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Phase A alone: row max (``rows[0]``) and tile gaps.
+
+    Split from the main kernel so that this dense pass, most of the forward's time on sparse inputs, runs with the
+    few registers it needs (more programs per SM) instead of the tau and output passes' register budget.
+    """
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // G
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
+        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
+        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
+    else:
+        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    m0 = i_m * BM
+    if m0 >= Nq:
+        return
+    m1 = tl.minimum(m0 + BM, Nq) - 1
+    off = Nk - Nq
+    i_b64 = i_b.to(tl.int64)
+    o_m = m0 + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_row = o_m < Nq
+    m_d = o_d < D
+    o_tok = (bos_q + o_m).to(tl.int64)
+    # [BM, BD]
+    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :],
+                  mask=m_row[:, None] & m_d[None, :], other=0.0)
+    k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
+    b_qp = o_m
+    if HAS_POS:
+        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
+    zs = tl.where(a_m1 == 0.0, LOG2E, a_m1)
+    b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
+    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
+    b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
+                     k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb, p_gap, scale, softcap, zs,
+                     BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+    tl.store(rows + i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m, b_m, mask=m_row)
+
+
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_kernel(
     q, k, v, o, o2, o3, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
@@ -75,7 +162,7 @@ def adasplash_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
+    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True, SCANNED: tl.constexpr = False,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -122,27 +209,14 @@ def adasplash_fwd_kernel(
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
     p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_m) * NKB
 
-    # ---- A: row max, tile gaps (and the softmax normaliser) -------------------------------------------------
-    b_m = tl.full([BM], float("-inf"), tl.float32)
-    b_l = tl.zeros([BM], dtype=tl.float32)
-    # Start at the tile of the block's diagonal and wrap around: row maxima usually sit near the diagonal, and
-    # the earlier the running max is close to final, the tighter every later tile's gap.
-    n_tiles = tl.cdiv(hi - lo, BN)
-    i_diag = tl.minimum(tl.maximum(m0 + off - lo, 0) // BN, tl.maximum(n_tiles - 1, 0))
-    for i_t in range(0, n_tiles):
-        n0 = lo + ((i_diag + i_t) % n_tiles) * BN
-        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                                kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                HAS_SOFTCAP, DOT_PREC)
-        # [BM]
-        b_t = tl.max(b_z, 1)
-        b_mn = tl.maximum(b_m, b_t)
-        g = tl.max(tl.where(m_row & (b_t > float("-inf")), b_t - b_mn, float("-inf")), 0)
-        tl.store(p_gap + n0 // BN, g)
-        if is_soft:
-            b_ms = tl.where(b_mn == float("-inf"), 0.0, b_mn)
-            b_l = b_l * tl.exp2(b_m - b_ms) + tl.sum(tl.exp2(b_z - b_ms[:, None]), 1)
-        b_m = b_mn
+    # ---- A: row max and tile gaps (the scan kernel's result when SCANNED) -------------------------------------
+    p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
+    if SCANNED:
+        b_m = tl.load(tau + p_row, mask=m_row, other=float("-inf"))
+    else:
+        b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base,
+                         kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                         HAS_SOFTCAP, DOT_PREC)
 
     # ---- B: tau ---------------------------------------------------------------------------------------------
     # tau = m + off per row; the offset (in [-1, 0) for entmax, log2 of the normaliser for softmax) is what the
@@ -150,17 +224,27 @@ def adasplash_fwd_kernel(
     row_ok = m_row & (b_m > float("-inf"))
     b_m = tl.where(row_ok, b_m, 0.0)  # rows with no visible key: off = inf makes every x = -inf
     if is_soft:
-        b_tau = tl.where(row_ok, tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
-        thr = tl.min(b_tau, 0) - SOFT_SKIP
+        thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
     else:
-        b_tau = tl.where(row_ok, -1.0, float("inf"))  # tau >= m - 1: the top entry alone has p <= 1
-        thr = tl.min(b_tau, 0)
+        thr = -1.0  # tau >= m - 1: the top entry alone has p <= 1
+    b_tau = tl.where(row_ok, thr, float("inf"))
     # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
     tl.debug_barrier()
     cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
     tl.debug_barrier()
     if is_soft:
-        cnt += 0
+        # the normaliser, relative to the final row max (no rescaling), then the list shrinks to its support
+        b_l = tl.zeros([BM], dtype=tl.float32)
+        for j in range(0, cnt):
+            n0 = tl.load(p_idx + j) * BN
+            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                                   kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                   HAS_SOFTCAP, DOT_PREC)
+            b_l += tl.sum(tl.exp2(b_z - b_m[:, None]), 1)
+        b_tau = tl.where(row_ok, tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
+        thr = tl.min(b_tau, 0) - SOFT_SKIP
+        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
+        tl.debug_barrier()
     else:
         it = 0
         b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
@@ -267,7 +351,6 @@ def adasplash_fwd_kernel(
         else:
             b_o2 = b_o2 / tl.where(b_su > 0, b_su, 1.0)[:, None]
         tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
-        p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
         tl.store(tau + p_row, b_m, mask=m_row)
         tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
         tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import triton
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
-from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
 
 from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
 
@@ -56,9 +56,14 @@ def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: 
             sig[n] = "i32"
         else:
             sig[n] = "*" + dtype
-    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 64),
-                              options={"num_warps": warps, "num_stages": stages})
+    # As a launch specialises them: pointers and strides divisible by 16 (torch allocations, head dims 16k). Without
+    # this, loads look unaligned, nothing is software-pipelined and the register picture is not the GPU's.
+    target = GPUTarget("cuda", arch, 64)
+    aligned = make_backend(target).parse_attr("D")
+    attrs = {(names.index(n),): aligned for n in names if sig[n].startswith("*") or n.startswith("stride")}
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                    attrs=attrs)
+    compiled = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -77,6 +82,9 @@ def cases(D: int, t):
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
     fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
                O3_FWD=t.o3_fwd)
+    if t.scan:
+        yield "fwd scan (phase A)", adasplash_fwd_scan_kernel, base, t.scan_warps, t.scan_stages
+    fwd["SCANNED"] = t.scan
     yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),

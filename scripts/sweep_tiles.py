@@ -27,17 +27,18 @@ from hf_adasplash.ops import attention_ops
 from hf_adasplash.ops.attention import adasplash_attention_triton
 from hf_adasplash.ops.tiling import tiles
 
-# (name, D, N, pos, alpha): B = 32k tokens // N, H = 16, causal, bf16
+# (name, D, N, pos, alpha, causal): B = 32k tokens // N, H = 16, bf16
 CASES = {
-    "d64-random": (64, 4096, 0.0, 1.5),
-    "d64-random-a1.25": (64, 4096, 0.0, 1.25),
-    "d64-local2-16k": (64, 16384, 2.0, 1.5),
-    "d128-random": (128, 4096, 0.0, 1.5),
-    "d128-local2-16k": (128, 16384, 2.0, 1.5),
+    "d64-random": (64, 4096, 0.0, 1.5, True),
+    "d64-random-a1.25": (64, 4096, 0.0, 1.25, True),
+    "d64-local2-16k": (64, 16384, 2.0, 1.5, True),
+    "d64-local2-16k-noncausal": (64, 16384, 2.0, 1.5, False),
+    "d128-random": (128, 4096, 0.0, 1.5, True),
+    "d128-local2-16k": (128, 16384, 2.0, 1.5, True),
 }
 
 # cases that time only a few variants (the general power: MUFU-bound, the same kernels as the alpha = 1.5 case)
-CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill"}}
+CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill", "fused-A"}}
 
 
 def variants(D: int) -> dict[str, object]:
@@ -68,6 +69,10 @@ def variants(D: int) -> dict[str, object]:
     out["o3-fwd" if not t.o3_fwd else "o3-dq"] = r(t, o3_fwd=not t.o3_fwd)
     if t.fwd_ent_warps:
         out["fent-off"] = r(t, fwd_ent_warps=0, fwd_ent_stages=0)
+    out["fused-A" if t.scan else "scan"] = r(t, scan=not t.scan)
+    for sw, ss in [(8, 3), (4, 4), (4, 2)]:
+        if (sw, ss) != (t.scan_warps, t.scan_stages):
+            out[f"scan-w{sw}s{ss}"] = r(t, scan_warps=sw, scan_stages=ss)
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out
@@ -77,7 +82,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
-def run_case(name, D, N, pos, alpha_value, bench, only=None):
+def run_case(name, D, N, pos, alpha_value, causal, bench, only=None):
     B, H = max(1, 32768 // N), 16
     torch.manual_seed(0)
     q, k, v = make_inputs(B, H, H, N, N, D, pos, torch.bfloat16, "cuda", requires_grad=True)
@@ -92,10 +97,10 @@ def run_case(name, D, N, pos, alpha_value, bench, only=None):
         return step
 
     def sdpa():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     def ours():
-        return adasplash_attention_triton(q, k, v, alpha, is_causal=True)
+        return adasplash_attention_triton(q, k, v, alpha, is_causal=causal)
 
     with torch.no_grad():
         t_sf = bench(sdpa)
@@ -130,7 +135,7 @@ def run_case(name, D, N, pos, alpha_value, bench, only=None):
               f"fwd {row['fwd_ratio']:.2f}x bwd {row['bwd_ratio']:.2f}x fwd+bwd {row['fwd_bwd_ratio']:.2f}x "
               f"diff {row['max_rel_diff_vs_default']:.1e}"), flush=True)
         torch.cuda.empty_cache()
-    return {"case": name, "D": D, "N": N, "B": B, "H": H, "pos": pos, "alpha": alpha_value,
+    return {"case": name, "D": D, "N": N, "B": B, "H": H, "pos": pos, "alpha": alpha_value, "causal": causal,
             "sdpa_fwd_ms": round(t_sf, 3), "sdpa_fwd_bwd_ms": round(t_sfb, 3), "variants": rows}
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
-from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel
 from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
 
 
@@ -100,31 +100,40 @@ def attn_fwd(
     o = torch.empty_like(q)
     o2 = torch.empty_like(q) if need_bwd else q.new_empty(0)
     rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
-    tau = rows.new_empty((2, *rows.shape)) if need_bwd else rows.new_empty(0)
+    # with a scan kernel, tau carries (row max, softmax normaliser) from it to the main kernel, also at inference
+    scratch = rows.new_empty((2, *rows.shape)) if need_bwd or t.scan else rows.new_empty(0)
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
     o3 = torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
     tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
     tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
     tile_cnt = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32, device=q.device)
+    tau = scratch if need_bwd else rows.new_empty(0)
     if q.numel() == 0 or NMB == 0:
         return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
     qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
     cu_q = cu_seqlens_q if varlen else qp
     cu_k = cu_seqlens_k if varlen else qp
     r_b, r_h = _row_strides(rows, varlen)
-    adasplash_fwd_kernel[(NMB, B * Hq)](
-        q=q, k=k, v=v, o=o, o2=o2, o3=o3, alpha=alpha, tau=tau, ent=ent, tile_gap=tile_gap, tile_thr=tile_thr,
-        tile_idx=tile_idx, tile_cnt=tile_cnt, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
+    common = dict(
+        alpha=alpha, tile_gap=tile_gap, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
-        **_io_strides(strides, q=q, k=k, v=v, o=o),
         stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
+        **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
+    )
+    if t.scan:
+        adasplash_fwd_scan_kernel[(NMB, B * Hq)](
+            q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common,
+            num_warps=t.scan_warps, num_stages=t.scan_stages,
+        )
+    adasplash_fwd_kernel[(NMB, B * Hq)](
+        q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
+        tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd,
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps,
         num_stages=(need_ent and t.fwd_ent_stages) or t.fwd_stages,
-        **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
 

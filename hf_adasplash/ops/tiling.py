@@ -31,6 +31,9 @@ class Tiles:
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
     halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
+    scan: bool = True  # phase A (the dense pass) as its own kernel, with the few registers it needs
+    scan_warps: int = 4
+    scan_stages: int = 3
 
 
 def tiles(head_dim: int) -> Tiles:
