@@ -212,7 +212,9 @@ def adasplash_fwd_kernel(
     # ---- A: row max and tile gaps (the scan kernel's result when SCANNED) -------------------------------------
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     if SCANNED:
-        b_m = tl.load(tau + p_row, mask=m_row, other=float("-inf"))
+        # expand + reduce: a plain 1-D load here makes Triton 3.6's layout pass emit invalid IR ("operand does not
+        # dominate this use") at 4 warps; the reduction hands the row max to the tiles' layout (no extra traffic)
+        b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)
     else:
         b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base,
                          kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
