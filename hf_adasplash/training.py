@@ -216,7 +216,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="finetune", disable=not (
         cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
-    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+    window_loss, window_n, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
     while state["step"] < cfg.max_steps:
         # A fresh, seeded order per epoch; a resumed run skips exactly the micro-batches already consumed.
         order = torch.utils.data.DataLoader(train.shuffle(seed=cfg.seed + state["epoch"]), batch_size=cfg.batch_size)
@@ -236,7 +236,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 optimizer.zero_grad()
             state["micro_in_epoch"] += 1
             state["tokens"] += batch["input_ids"].numel() * accelerator.num_processes
-            window_loss, window_n = window_loss + loss.detach().float().item(), window_n + 1
+            window_loss, window_n = window_loss + loss.detach().float(), window_n + 1  # no host sync per step
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
@@ -245,9 +245,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 state["train_seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                log = _log(accelerator, model, unwrapped, step, window_loss / window_n, scheduler, state)
+                # the loss of the whole global batch (every process's share), as one process would log it
+                mean_loss = accelerator.reduce(window_loss, "mean").item() / window_n
+                log = _log(accelerator, model, unwrapped, step, mean_loss, scheduler, state)
                 bar.set_postfix(loss=f"{log['train/loss']:.3f}", alpha=f"{log['alpha/mean']:.3f}")
-                window_loss, window_n = 0.0, 0
+                window_loss, window_n = torch.zeros((), device=accelerator.device), 0
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state, cfg.attn)
             if state["micro_in_epoch"] >= micro_per_epoch:

@@ -132,10 +132,15 @@ def attn_fwd(
         tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan,
-        num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps,
-        num_stages=(need_ent and t.fwd_ent_stages) or t.fwd_stages,
+        num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
     )
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
+
+
+def _fwd_stages(t, need_ent, q):
+    stages = (need_ent and t.fwd_ent_stages) or t.fwd_stages
+    # fp32 tiles take twice the shared memory: at D = 128 three stages need 256 KiB (H100: 227 KiB)
+    return min(stages, 2) if q.element_size() == 4 else stages
 
 
 @attn_fwd.register_fake
