@@ -22,6 +22,7 @@ from hf_adasplash.kernels.attn_utils import (
     kv_range,
     prescale_q,
     q_range,
+    seq_bounds,
     softcap_grad,
     tile_needs_mask,
     visible,
@@ -60,13 +61,7 @@ def adasplash_bwd_kernel_dq(
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // G
-    if IS_VARLEN:
-        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
-        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
-        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
-        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
-    else:
-        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     m0 = i_m * BMQ
     if m0 >= Nq:
         return
@@ -184,13 +179,7 @@ def adasplash_bwd_kernel_dkv(
 ):
     i_n, i_bhk = tl.program_id(0), tl.program_id(1)
     i_b, i_hk = i_bhk // (H // G), i_bhk % (H // G)
-    if IS_VARLEN:
-        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
-        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
-        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
-        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
-    else:
-        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     n0 = i_n * BN
     if n0 >= Nk:
         return

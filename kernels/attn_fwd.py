@@ -32,6 +32,7 @@ from hf_adasplash.kernels.attn_utils import (
     entmax_u_u2,
     kv_range,
     prescale_q,
+    seq_bounds,
     tile_needs_mask,
     visible,
     z_minus_tau,
@@ -114,13 +115,7 @@ def adasplash_fwd_scan_kernel(
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // G
-    if IS_VARLEN:
-        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
-        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
-        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
-        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
-    else:
-        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     m0 = i_m * BM
     if m0 >= Nq:
         return
@@ -167,13 +162,7 @@ def adasplash_fwd_kernel(
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // G
-    if IS_VARLEN:
-        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
-        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
-        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
-        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
-    else:
-        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     m0 = i_m * BM
     if m0 >= Nq:
         return

@@ -29,6 +29,19 @@ def kv_range(m0, m1, Nk, off, W, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_
 
 
 @triton.jit
+def seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN: tl.constexpr):
+    """(first token, length) of batch entry ``i_b``'s queries and keys: a varlen segment, or the padded layout."""
+    if IS_VARLEN:
+        bos_q = tl.load(cu_seqlens_q + i_b).to(tl.int32)
+        Nq = tl.load(cu_seqlens_q + i_b + 1).to(tl.int32) - bos_q
+        bos_k = tl.load(cu_seqlens_k + i_b).to(tl.int32)
+        Nk = tl.load(cu_seqlens_k + i_b + 1).to(tl.int32) - bos_k
+    else:
+        bos_q, Nq, bos_k, Nk = NQ * 0, NQ, NK * 0, NK
+    return bos_q, Nq, bos_k, Nk
+
+
+@triton.jit
 def q_range(n0, n1, Nq, off, W, BM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
             HAS_POS: tl.constexpr):
     """[lo, hi) of query rows that may see keys n0..n1 (inclusive); lo is aligned down to a BM tile."""

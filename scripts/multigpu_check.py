@@ -31,7 +31,7 @@ FSDP = ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD", "--fsdp_auto_wra
 
 
 def launch(out: Path, model: str, dataset: str, procs: int, batch: int, steps: int, save_at: int, context: int,
-           extra: list[str], launcher: list[str] | None = None, timeout: int = 900) -> dict:
+           extra: list[str], launcher: list[str] | None = None, timeout: int = 900, precision: str = "bf16") -> dict:
     """One `accelerate launch` of finetune; returns its finetune.json (raises with the log tail on failure)."""
     accelerate = shutil.which("accelerate")
     if accelerate is None:
@@ -39,7 +39,7 @@ def launch(out: Path, model: str, dataset: str, procs: int, batch: int, steps: i
     if launcher is None:
         launcher = ["--multi_gpu"] if procs > 1 else []
     cmd = [accelerate, "launch", *launcher, "--num_processes", str(procs), "--num_machines", "1",
-           "--mixed_precision", "bf16", "--dynamo_backend", "no", str(SCRIPT),
+           "--mixed_precision", precision, "--dynamo_backend", "no", str(SCRIPT),
            "--model", model, "--dataset", dataset, "--context-length", str(context), "--batch-size", str(batch),
            "--max-steps", str(steps), "--log-every", "1", "--save-every", str(save_at),
            "--alpha-schedule", "learned", "--alpha-init", "1.5", "--report-to", "none", "--no-progress",
@@ -68,7 +68,7 @@ def check(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = {"model": args.model, "dataset": args.dataset, "steps": args.steps, "save_at": args.save_at,
-              "context": args.context_length, "timeout": args.timeout}
+              "context": args.context_length, "timeout": args.timeout, "precision": args.mixed_precision}
     extra = list(args.extra)
     one = launch(out / "one", procs=1, batch=args.batch, extra=extra, **common)
     two = launch(out / "two", procs=2, batch=args.batch // 2, extra=extra, **common)
@@ -136,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--save-at", type=int, default=15, help="checkpoint step the resumed run starts from")
     p.add_argument("--fsdp", action="store_true", help="also run two GPUs under FSDP")
+    p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"],
+                   help="accelerate's mixed precision (default: bf16; 'no' for two CPU processes over gloo)")
     p.add_argument("--loss-tol", type=float, default=0.05, help="allowed loss gap, relative to the largest loss")
     p.add_argument("--eval-tol", type=float, default=0.01, help="allowed relative held-out loss gap, 1 vs 2 GPUs")
     p.add_argument("--alpha-tol", type=float, default=1e-2, help="allowed gap of the mean alpha, 1 vs 2 GPUs")

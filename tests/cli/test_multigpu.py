@@ -29,7 +29,8 @@ STEPS, SAVE_AT = 12, 6
 def test_two_gpus_match_one_gpu_and_resume(tmp_path, tiny_model, corpus):
     summary = multigpu_check.check(argparse.Namespace(
         model=str(tiny_model), dataset=str(corpus), context_length=64, batch=4, steps=STEPS, save_at=SAVE_AT,
-        fsdp=True, loss_tol=0.05, eval_tol=0.01, alpha_tol=1e-2, resume_tol=1e-3, timeout=900, out=str(tmp_path),
+        fsdp=True, mixed_precision="bf16", loss_tol=0.05, eval_tol=0.01, alpha_tol=1e-2, resume_tol=1e-3,
+        timeout=900, out=str(tmp_path),
         extra=["--eval-blocks", "8", "--alpha-lr", "1e-2"]))
     print(f"\n{json.dumps(summary, indent=1)}")
     assert summary["failures"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -173,3 +174,20 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model, corpus):
     assert summary["tokens"] == 2 * 2 * 2 * 32  # steps x batch x processes x context
     ckpt = out / "checkpoints" / "step-1"
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
+
+
+def test_multigpu_check_on_two_cpu_processes(tmp_path, tiny_model, corpus):
+    """The two-GPU check's own logic (DDP vs one process, alpha across ranks, resume), on two gloo CPU processes."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import multigpu_check
+
+    summary = multigpu_check.check(argparse.Namespace(
+        model=str(tiny_model), dataset=str(corpus), context_length=32, batch=4, steps=4, save_at=2, fsdp=False,
+        mixed_precision="no", loss_tol=0.02, eval_tol=0.01, alpha_tol=1e-3, resume_tol=1e-5, timeout=600,
+        out=str(tmp_path), extra=["--eval-blocks", "4", "--alpha-lr", "1e-2"]))
+    assert summary["failures"] == [], summary["failures"]
+    # fp32 on CPU: the global batch's loss is the same computation on 1 or 2 processes, up to reduction order
+    assert summary["max_loss_gap"] <= 1e-3
+    assert summary["eval_loss_rel_gap"] <= 1e-4
+    assert summary["alpha_rank_spread"] == 0.0 and summary["resume_max_weight_diff"] <= 1e-5
+    assert summary["mean_alpha"]["one_gpu"] != 1.5
