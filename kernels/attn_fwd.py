@@ -69,6 +69,23 @@ def score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_
 
 
 @triton.jit
+def load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh, stride_qn, stride_pqb,
+                 BM: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, HAS_POS: tl.constexpr):
+    """One query block's row/dim offsets and masks, its Q tile [BM, BD] and the rows' positions."""
+    o_m = m0 + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_row = o_m < Nq
+    m_d = o_d < D
+    o_tok = (bos_q + o_m).to(tl.int64)
+    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :],
+                  mask=m_row[:, None] & m_d[None, :], other=0.0)
+    b_qp = o_m
+    if HAS_POS:
+        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+    return o_m, o_d, m_row, m_d, o_tok, b_q, b_qp
+
+
+@triton.jit
 def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
                p_gap, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -122,18 +139,9 @@ def adasplash_fwd_scan_kernel(
     m1 = tl.minimum(m0 + BM, Nq) - 1
     off = Nk - Nq
     i_b64 = i_b.to(tl.int64)
-    o_m = m0 + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    m_row = o_m < Nq
-    m_d = o_d < D
-    o_tok = (bos_q + o_m).to(tl.int64)
-    # [BM, BD]
-    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :],
-                  mask=m_row[:, None] & m_d[None, :], other=0.0)
+    o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
+                                                          stride_qn, stride_pqb, BM, BD, D, HAS_POS)
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
-    b_qp = o_m
-    if HAS_POS:
-        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
     a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
     zs = tl.where(a_m1 == 0.0, LOG2E, a_m1)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
@@ -170,22 +178,13 @@ def adasplash_fwd_kernel(
     off = Nk - Nq
     i_b64 = i_b.to(tl.int64)
 
-    o_m = m0 + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    m_row = o_m < Nq
-    m_d = o_d < D
+    o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
+                                                          stride_qn, stride_pqb, BM, BD, D, HAS_POS)
     m_qd = m_row[:, None] & m_d[None, :]
-    o_tok = (bos_q + o_m).to(tl.int64)
-    # [BM, BD]
-    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :], mask=m_qd,
-                  other=0.0)
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
     v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
     k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
     kpm_base = kpm + i_b64 * stride_mb
-    b_qp = o_m
-    if HAS_POS:
-        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
 
     a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
     is_soft = a_m1 == 0.0
