@@ -14,7 +14,10 @@ B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list o
    convex functions), started at the certified lower bound ``m - 1``. Steps from the left never overshoot, every
    iterate is a certified lower bound (so skipping stays exact), and the step is exact when the support is a set
    of equal scores: ``step = (S0 - S0^(2-alpha)) / S1`` with ``S0 = sum x^p``, ``S1 = sum x^(p-1)``. Each
-   iteration walks the list; the list is then compacted again to the tiles that beat the final threshold.
+   iteration walks the list (Halley steps where the curvature is known, bracketed by the Newton point); the list is
+   then compacted again to the tiles that beat the final threshold. By default this phase is its own kernel too
+   (``adasplash_fwd_tau_kernel``, ``SOLVED``): its 3-4 dense passes are most of the forward on dense rows, and they
+   need no output accumulators.
 C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with ``U = p^(2-alpha)``
    (the backward's ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the
    same list). When alpha needs a gradient, also the row term ``sum p log p`` and (``O3_FWD``) ``O3 = (p log2 x) V``:
@@ -25,11 +28,17 @@ C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V /
 import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_utils import (
+    POW_ANY,
+    POW_GENERAL,
+    POW_LINEAR,
+    POW_NEAR1,
+    POW_SOFTMAX,
+    POW_SQUARE,
     compact,
     dot_to_z,
-    entmax_log2,
-    entmax_u,
-    entmax_u_u2,
+    entmax_log2_of,
+    entmax_u_u2_of,
+    entmax_xup,
     kv_range,
     prescale_q,
     seq_bounds,
@@ -41,6 +50,9 @@ from hf_adasplash.kernels.attn_utils import (
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 TAU_TOL = tl.constexpr(2.44140625e-04)  # 2^-12 relative: Newton's next step would be ~1e-8, below fp32 resolution
+# bf16/fp16 inputs: 2^-6 relative leaves an output error ~1e-4 (float64 simulation, bench/NOTES.md v8), far below
+# the inputs' own rounding, and saves the last tau pass on dense rows (4 -> 3 at alpha = 1.5)
+TAU_TOL_HALF = tl.constexpr(1.5625e-02)
 SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
 
 
@@ -114,6 +126,138 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
     return b_m
 
 
+@triton.jit
+def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m,
+             b_tau, pm1, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, BNT: tl.constexpr,
+             IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+             HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, KIND: tl.constexpr, NEED_U2: tl.constexpr):
+    """One pass over the listed tiles at tau = m + b_tau: per row S0 = sum x^p, S1 = sum x^(p-1), S2 = sum x^(p-2)."""
+    b_s0 = tl.zeros([BM], dtype=tl.float32)
+    b_s1 = tl.zeros([BM], dtype=tl.float32)
+    b_s2 = tl.zeros([BM], dtype=tl.float32)
+    # each listed tile in slices of BNT keys: a [BM, BNT] score slice and its three powers are what the pass holds
+    # (the general power's log2/exp2 tiles at BNT = BN alone took 255 registers); alpha = 1.5 and 2, bound by the
+    # dots rather than the special-function units, take wider slices (BNT_SQ)
+    for i_s in range(0, cnt * (BN // BNT)):
+        n0 = tl.load(p_idx + i_s // (BN // BNT)) * BN + (i_s % (BN // BNT)) * BNT
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                               kpm_base, scale, softcap, zs, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                               HAS_SOFTCAP, DOT_PREC)
+        # [BM, BNT]
+        b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
+        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, NEED_U2)
+        if NEED_U2:
+            b_s2 += tl.sum(b_u2, 1)
+        b_s0 += tl.sum(b_u * b_x, 1)
+        b_s1 += tl.sum(b_u, 1)
+    return b_s0, b_s1, b_s2
+
+
+@triton.jit
+def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
+              p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, BM: tl.constexpr, BN: tl.constexpr,
+              BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_POS: tl.constexpr,
+              HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
+              CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr):
+    """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
+
+    Rows with no visible key come back with row max 0 and offset inf. The candidate tiles' list (``p_idx``) ends
+    compacted to the tiles that beat the returned threshold: the output pass and the backward walk it.
+    """
+    # tau = m + off per row; the offset (in [-1, 0) for entmax, log2 of the normaliser for softmax) is what the
+    # kernels carry and store, so that fp32 keeps full precision in x = z - tau however large |z| is
+    row_ok = m_row & (b_m > float("-inf"))
+    b_m = tl.where(row_ok, b_m, 0.0)  # rows with no visible key: off = inf makes every x = -inf
+    tol = TAU_TOL if DOT_PREC == "ieee" else TAU_TOL_HALF
+    if is_soft:
+        thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
+    else:
+        thr = -1.0  # tau >= m - 1: the top entry alone has p <= 1
+    b_tau = tl.where(row_ok, thr, float("inf"))
+    # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
+    tl.debug_barrier()
+    cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
+    tl.debug_barrier()
+    if is_soft:
+        # the normaliser, relative to the final row max (no rescaling), then the list shrinks to its support
+        b_l = tl.zeros([BM], dtype=tl.float32)
+        for j in range(0, cnt):
+            n0 = tl.load(p_idx + j) * BN
+            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                                   kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                   HAS_SOFTCAP, DOT_PREC)
+            b_l += tl.sum(tl.exp2(b_z - b_m[:, None]), 1)
+        b_tau = tl.where(row_ok, tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
+        thr = tl.min(b_tau, 0) - SOFT_SKIP
+        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
+        tl.debug_barrier()
+    else:
+        it = 0
+        b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
+        b_hi = tl.where(row_ok, 0.0, float("inf"))  # tau < m: the row's top entry always has p > 0
+        go = tl.max(row_ok.to(tl.int32), 0) > 0
+        while go:
+            # one loop per alpha class: a runtime branch inside the loop would keep every class's tiles live
+            if pm1 == 1.0:
+                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
+                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
+                                            POW_SQUARE, HALLEY)
+            elif pm1 == 0.0:
+                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
+                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
+                                            POW_LINEAR, False)
+            elif pm1 > 32.0:
+                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
+                                            BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
+                                            POW_NEAR1, HALLEY and HALLEY_GENERAL)
+            else:
+                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
+                                            BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
+                                            POW_GENERAL, HALLEY and HALLEY_GENERAL)
+            ok = row_ok & (b_s1 > 0)
+            b_s0 = tl.where(ok, b_s0, 1.0)
+            b_s1 = tl.where(ok, b_s1, 1.0)
+            # Newton on h: exact when the support is a set of equal scores; lands left of the root from any point
+            b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
+            b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
+            b_sc = tl.maximum(tl.abs(b_lo), 1.0)
+            if HALLEY:
+                # Halley: h''/(-2h') = (p-1)(S0 S2 - S1^2)/(2 S0 S1) >= 0 (Cauchy-Schwarz); steps past the root
+                # are caught by the bracket [lo, hi) and fall back to the certified Newton point
+                b_hi = tl.where(ok & (b_s0 < 1.0), tl.minimum(b_hi, b_tau), b_hi)
+                b_r = tl.maximum(pm1 * (b_s0 * tl.where(ok, b_s2, 0.0) - b_s1 * b_s1) / (2.0 * b_s0 * b_s1), 0.0)
+                # S2 is known for alpha = 1.5 (and any alpha with HALLEY_GENERAL); alpha = 2 has no curvature term
+                if HALLEY_GENERAL:
+                    has_curv = pm1 != 0.0
+                else:
+                    has_curv = pm1 == 1.0
+                b_r = tl.where(has_curv, b_r, 0.0)
+                b_den = 1.0 - b_dn * b_r
+                b_new = b_tau + tl.where(b_den > 0.25, b_dn / b_den, b_dn)
+                b_new = tl.where((b_new >= b_lo) & (b_new < b_hi), b_new, b_lo)
+                # converged: the step is tiny, or Newton's own error after it (r dn^2) is far below the tolerance
+                b_lim = tl.where(has_curv, tol * 1e-3 * b_sc, -1.0)  # no curvature: no error estimate
+                b_conv = (tl.abs(b_new - b_tau) <= tol * b_sc) | (b_r * b_dn * b_dn <= b_lim)
+            else:
+                b_new = b_lo
+                b_conv = b_new - b_tau <= tol * b_sc
+            b_tau = tl.where(ok, b_new, b_tau)
+            it += 1
+            go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)
+        # the output uses a tau at or above the certified bound the tile list is compacted with
+        b_tau = tl.where(row_ok, tl.maximum(b_tau, b_lo), b_tau)
+        thr = tl.min(tl.where(row_ok, b_lo, float("inf")), 0)
+        # the bound only grew: keep the tiles that still beat it (in place, order kept)
+        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
+        tl.debug_barrier()
+    return b_m, b_tau, thr, cnt
+
+
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_scan_kernel(
     q, k, alpha, rows, tile_gap, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
@@ -154,6 +298,100 @@ def adasplash_fwd_scan_kernel(
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+def adasplash_fwd_tau_kernel(
+    q, k, alpha, tau, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
+    scale, softcap, NQ, NK, W, NMB, NKB,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
+    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
+    CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
+    HALLEY_GENERAL: tl.constexpr = False,
+):
+    """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
+    threshold and length.
+
+    On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
+    half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
+    """
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // G
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
+    m0 = i_m * BM
+    if m0 >= Nq:
+        return
+    m1 = tl.minimum(m0 + BM, Nq) - 1
+    off = Nk - Nq
+    i_b64 = i_b.to(tl.int64)
+    o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
+                                                          stride_qn, stride_pqb, BM, BD, D, HAS_POS)
+    k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
+    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
+    is_soft = a_m1 == 0.0
+    a_m1 = tl.where(is_soft, 1.0, a_m1)
+    zs = tl.where(is_soft, LOG2E, a_m1)
+    pm1 = 1.0 / a_m1 - 1.0
+    b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
+    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    p_blk = i_bh.to(tl.int64) * NMB + i_m
+    p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
+    b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)  # expand + reduce: see main
+    b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
+                                     k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
+                                     tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
+                                     pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                     HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL)
+    tl.store(tau + p_row, b_m, mask=m_row)
+    tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
+    tl.store(tile_thr + p_blk, thr)
+    tl.store(tile_cnt + p_blk, cnt)
+
+
+@triton.jit
+def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
+                BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
+                HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, NEED_BWD: tl.constexpr,
+                NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr):
+    """Phase C over the listed tiles: O = P V and, for the backward, U V with sum U, sum p log2 x and (p log2 x) V."""
+    b_o = tl.zeros([BM, BD], dtype=tl.float32)
+    b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
+    b_su = tl.zeros([BM], dtype=tl.float32)
+    b_ent = tl.zeros([BM], dtype=tl.float32)
+    b_o3 = tl.zeros([BM, BD], dtype=tl.float32)
+    for j in range(0, cnt):
+        n0 = tl.load(p_idx + j) * BN
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                               kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                               HAS_SOFTCAP, DOT_PREC)
+        o_n = n0 + tl.arange(0, BN)
+        # [BN, BD]
+        b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
+                      mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
+        # [BM, BN]
+        if KIND == POW_ANY:
+            b_x = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
+        else:
+            b_x = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller: see adasplash_fwd_kernel
+        b_x, b_u, b_p = entmax_xup(b_x, pm1, is_soft, KIND)
+        if KIND != POW_SOFTMAX:
+            if NEED_ENT:
+                b_pl = tl.where(b_x > 0, b_p * entmax_log2_of(b_x, pm1, KIND), 0.0)
+                b_ent += tl.sum(b_pl, 1)
+                if O3_FWD:
+                    b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+            if NEED_BWD:
+                # softmax heads reuse O as O2 (u = p): the extra dot is only for entmax heads (POW_ANY: computed,
+                # then replaced after the loop)
+                b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+                b_su += tl.sum(b_u, 1)
+        b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+    return b_o, b_o2, b_su, b_ent, b_o3
+
+
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_kernel(
     q, k, v, o, o2, o3, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
@@ -164,8 +402,9 @@ def adasplash_fwd_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
-    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True, SCANNED: tl.constexpr = False,
+    MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
+    HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
+    SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -197,141 +436,68 @@ def adasplash_fwd_kernel(
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
     p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_m) * NKB
 
-    # ---- A: row max and tile gaps (the scan kernel's result when SCANNED) -------------------------------------
+    # ---- A and B: row max and tile gaps, then tau (from the scan and tau kernels when SCANNED / SOLVED) -------
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
-    if SCANNED:
+    p_thr = tile_thr + i_bh.to(tl.int64) * NMB + i_m
+    p_cnt = tile_cnt + i_bh.to(tl.int64) * NMB + i_m
+    if SOLVED:
         # expand + reduce: a plain 1-D load here makes Triton 3.6's layout pass emit invalid IR ("operand does not
-        # dominate this use") at 4 warps; the reduction hands the row max to the tiles' layout (no extra traffic)
-        b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)
+        # dominate this use") at 4 warps; the reduction hands the rows to the tiles' layout (no extra traffic)
+        b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=0.0)[:, None], 1)
+        b_tau = tl.max(tl.load(tau + stride_rs + p_row, mask=m_row, other=float("inf"))[:, None], 1)
+        thr = tl.load(p_thr)
+        cnt = tl.load(p_cnt)
     else:
-        b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base,
-                         kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                         HAS_SOFTCAP, DOT_PREC)
-
-    # ---- B: tau ---------------------------------------------------------------------------------------------
-    # tau = m + off per row; the offset (in [-1, 0) for entmax, log2 of the normaliser for softmax) is what the
-    # kernels carry and store, so that fp32 keeps full precision in x = z - tau however large |z| is
-    row_ok = m_row & (b_m > float("-inf"))
-    b_m = tl.where(row_ok, b_m, 0.0)  # rows with no visible key: off = inf makes every x = -inf
-    if is_soft:
-        thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
-    else:
-        thr = -1.0  # tau >= m - 1: the top entry alone has p <= 1
-    b_tau = tl.where(row_ok, thr, float("inf"))
-    # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
-    tl.debug_barrier()
-    cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
-    tl.debug_barrier()
-    if is_soft:
-        # the normaliser, relative to the final row max (no rescaling), then the list shrinks to its support
-        b_l = tl.zeros([BM], dtype=tl.float32)
-        for j in range(0, cnt):
-            n0 = tl.load(p_idx + j) * BN
-            b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                                   kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                   HAS_SOFTCAP, DOT_PREC)
-            b_l += tl.sum(tl.exp2(b_z - b_m[:, None]), 1)
-        b_tau = tl.where(row_ok, tl.log2(tl.where(row_ok, b_l, 1.0)), float("inf"))
-        thr = tl.min(b_tau, 0) - SOFT_SKIP
-        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
-        tl.debug_barrier()
-    else:
-        it = 0
-        b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
-        b_hi = tl.where(row_ok, 0.0, float("inf"))  # tau < m: the row's top entry always has p > 0
-        go = tl.max(row_ok.to(tl.int32), 0) > 0
-        while go:
-            b_s0 = tl.zeros([BM], dtype=tl.float32)
-            b_s1 = tl.zeros([BM], dtype=tl.float32)
-            b_s2 = tl.zeros([BM], dtype=tl.float32)
-            for j in range(0, cnt):
-                n0 = tl.load(p_idx + j) * BN
-                b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                       k_pos_base, kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
-                                       HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-                # [BM, BN]
-                b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
-                if HALLEY:
-                    b_u, b_u2 = entmax_u_u2(b_x, pm1, HALLEY_GENERAL)
-                    b_s2 += tl.sum(b_u2, 1)
-                else:
-                    b_u = entmax_u(b_x, pm1)
-                b_s0 += tl.sum(b_u * b_x, 1)
-                b_s1 += tl.sum(b_u, 1)
-            ok = row_ok & (b_s1 > 0)
-            b_s0 = tl.where(ok, b_s0, 1.0)
-            b_s1 = tl.where(ok, b_s1, 1.0)
-            # Newton on h: exact when the support is a set of equal scores; lands left of the root from any point
-            b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
-            b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
-            b_sc = tl.maximum(tl.abs(b_lo), 1.0)
-            if HALLEY:
-                # Halley: h''/(-2h') = (p-1)(S0 S2 - S1^2)/(2 S0 S1) >= 0 (Cauchy-Schwarz); steps past the root
-                # are caught by the bracket [lo, hi) and fall back to the certified Newton point
-                b_hi = tl.where(ok & (b_s0 < 1.0), tl.minimum(b_hi, b_tau), b_hi)
-                b_r = tl.maximum(pm1 * (b_s0 * tl.where(ok, b_s2, 0.0) - b_s1 * b_s1) / (2.0 * b_s0 * b_s1), 0.0)
-                # S2 is known for alpha = 1.5 (and any alpha with HALLEY_GENERAL); alpha = 2 has no curvature term
-                if HALLEY_GENERAL:
-                    has_curv = pm1 != 0.0
-                else:
-                    has_curv = pm1 == 1.0
-                b_r = tl.where(has_curv, b_r, 0.0)
-                b_den = 1.0 - b_dn * b_r
-                b_new = b_tau + tl.where(b_den > 0.25, b_dn / b_den, b_dn)
-                b_new = tl.where((b_new >= b_lo) & (b_new < b_hi), b_new, b_lo)
-                # converged: the step is tiny, or Newton's own error after it (r dn^2) is far below the tolerance
-                b_lim = tl.where(has_curv, TAU_TOL * 1e-3 * b_sc, -1.0)  # no curvature: no error estimate
-                b_conv = (tl.abs(b_new - b_tau) <= TAU_TOL * b_sc) | (b_r * b_dn * b_dn <= b_lim)
-            else:
-                b_new = b_lo
-                b_conv = b_new - b_tau <= TAU_TOL * b_sc
-            b_tau = tl.where(ok, b_new, b_tau)
-            it += 1
-            go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)
-        # the output uses a tau at or above the certified bound the tile list is compacted with
-        b_tau = tl.where(row_ok, tl.maximum(b_tau, b_lo), b_tau)
-        thr = tl.min(tl.where(row_ok, b_lo, float("inf")), 0)
-        # the bound only grew: keep the tiles that still beat it (in place, order kept)
-        cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
-        tl.debug_barrier()
+        if SCANNED:
+            b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)
+        else:
+            b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
+                             k_pos_base, kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                             HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
+                                         b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
+                                         pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                         HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
-    b_o = tl.zeros([BM, BD], dtype=tl.float32)
-    b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
-    b_su = tl.zeros([BM], dtype=tl.float32)
-    b_ent = tl.zeros([BM], dtype=tl.float32)
-    b_o3 = tl.zeros([BM, BD], dtype=tl.float32)
-    for j in range(0, cnt):
-        n0 = tl.load(p_idx + j) * BN
-        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                               kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                               HAS_SOFTCAP, DOT_PREC)
-        o_n = n0 + tl.arange(0, BN)
-        # [BN, BD]
-        b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
-                      mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
-        # [BM, BN]
-        b_x = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
-        if is_soft:
-            b_p = tl.exp2(b_x)
-            b_u = b_p
-        else:
-            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-            b_u = entmax_u(b_x, pm1)
-            b_p = b_u * b_x
-            if NEED_ENT:
-                b_pl = tl.where(b_x > 0, b_p * entmax_log2(b_x, pm1), 0.0)
-                b_ent += tl.sum(b_pl, 1)
-                if O3_FWD:
-                    b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-        b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-        if NEED_BWD:
-            # softmax heads reuse O as O2 (u = p); the extra dot is only for entmax heads
-            if is_soft:
-                b_su += 0.0
-            else:
-                b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-                b_su += tl.sum(b_u, 1)
+    # one loop per alpha class (softmax, alpha = 1.5, 2, near 1, general): a runtime branch inside the loop would keep
+    # every class's tiles live at once. The rows are broadcast here, once: inside each branch, Triton 3.6's layout pass
+    # shared one hoisted copy between the branches and emitted invalid IR ("operand does not dominate this use")
+    b_mc = b_m[:, None]
+    b_tc = b_tau[:, None]
+    if DOT_PREC == "ieee":
+        # fp32: one loop for every class. Per-class loops made Triton 3.6 spill ~10 KiB of stack here (the rows
+        # broadcast to five branches); fp32 is the accuracy path, bf16/fp16 the fast one
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_ANY)
+    elif is_soft:
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_SOFTMAX)
+    elif pm1 == 1.0:
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_SQUARE)
+    elif pm1 == 0.0:
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_LINEAR)
+    elif pm1 > 32.0:
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_NEAR1)
+    else:
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_GENERAL)
+    b_o, b_o2, b_su, b_ent, b_o3 = res
 
     o_ptrs = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
     tl.store(o + o_ptrs, b_o.to(o.dtype.element_ty), mask=m_qd)
@@ -341,10 +507,11 @@ def adasplash_fwd_kernel(
         else:
             b_o2 = b_o2 / tl.where(b_su > 0, b_su, 1.0)[:, None]
         tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
-        tl.store(tau + p_row, b_m, mask=m_row)
-        tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
-        tl.store(tile_thr + i_bh.to(tl.int64) * NMB + i_m, thr)
-        tl.store(tile_cnt + i_bh.to(tl.int64) * NMB + i_m, cnt)
+        if not SOLVED:
+            tl.store(tau + p_row, b_m, mask=m_row)
+            tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
+            tl.store(p_thr, thr)
+            tl.store(p_cnt, cnt)
         if NEED_ENT:
             # sum p log p, log p = ln(x) / (alpha - 1); O3 stays in log2 x units (the backward scales its dot)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)

@@ -151,6 +151,20 @@ def softcap_grad(b_z, b_ds, softcap, zs, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def log2_near1(b_x):
+    """log2(x) for x in [0, 1] with ~1e-8 relative accuracy near x = 1 (see ``entmax_log2``)."""
+    b_t = (b_x - 1.0) / (b_x + 1.0)  # x - 1 is exact for x in [1/2, 1]
+    b_t2 = b_t * b_t
+    b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
+    b_s = b_s * b_t2 + 1.0 / 9.0
+    b_s = b_s * b_t2 + 1.0 / 7.0
+    b_s = b_s * b_t2 + 1.0 / 5.0
+    b_s = b_s * b_t2 + 1.0 / 3.0
+    b_s = b_s * b_t2 + 1.0
+    return tl.where(b_x >= 0.5, (2.0 * 1.4426950408889634) * b_t * b_s, tl.log2(b_x))
+
+
+@triton.jit
 def entmax_log2(b_x, pm1):
     """log2(x) for x in [0, 1], accurate near x = 1 when alpha is close to 1 (pm1 = 1/(alpha-1) - 1 > 32).
 
@@ -160,15 +174,73 @@ def entmax_log2(b_x, pm1):
     """
     b_l = tl.log2(b_x)
     if pm1 > 32.0:
-        b_t = (b_x - 1.0) / (b_x + 1.0)  # x - 1 is exact for x in [1/2, 1]
-        b_t2 = b_t * b_t
-        b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
-        b_s = b_s * b_t2 + 1.0 / 9.0
-        b_s = b_s * b_t2 + 1.0 / 7.0
-        b_s = b_s * b_t2 + 1.0 / 5.0
-        b_s = b_s * b_t2 + 1.0 / 3.0
-        b_s = b_s * b_t2 + 1.0
-        b_l = tl.where(b_x >= 0.5, (2.0 * 1.4426950408889634) * b_t * b_s, b_l)
+        b_l = log2_near1(b_x)
+    return b_l
+
+
+# alpha classes with their own code path (constexpr): a runtime branch whose result is a whole tile keeps every
+# variant's tile live at once, which is what pushed the tau passes to 255 registers
+POW_GENERAL = tl.constexpr(0)
+POW_SQUARE = tl.constexpr(1)  # alpha = 1.5: p = x^2, u = x, u2 = 1
+POW_LINEAR = tl.constexpr(2)  # alpha = 2: p = x, u = 1, no curvature
+POW_NEAR1 = tl.constexpr(3)  # alpha < 1.0303 (pm1 > 32): the general power with the accurate log2 near x = 1
+POW_SOFTMAX = tl.constexpr(4)  # alpha = 1: p = exp2(z - tau)
+POW_ANY = tl.constexpr(5)  # every class in one loop, chosen per element at run time
+
+
+@triton.jit
+def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
+    """(u, u2) = (x^(p-1), x^(p-2)) for clamped x >= 0 (0 off the support) on a constexpr ``POW_*`` path."""
+    if KIND == POW_SQUARE:
+        b_u = b_x
+        b_u2 = tl.where(b_x > 0, 1.0, 0.0)
+    elif KIND == POW_LINEAR:
+        b_u = tl.where(b_x > 0, 1.0, 0.0)
+        b_u2 = tl.zeros_like(b_x)
+    else:
+        if KIND == POW_NEAR1:
+            b_l = log2_near1(b_x)
+        else:
+            b_l = tl.log2(b_x)
+        b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
+        if NEED_U2:
+            b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)
+        else:
+            b_u2 = tl.zeros_like(b_x)
+    return b_u, b_u2
+
+
+@triton.jit
+def entmax_xup(b_x, pm1, is_soft, KIND: tl.constexpr):
+    """(x, u, p) from x = z - tau on a ``POW_*`` path: x clamped at 0 for entmax heads, u = x^(p-1) and the
+    probability p = u x (softmax heads: p = u = exp2(x), x as given)."""
+    if KIND == POW_SOFTMAX:
+        b_p = tl.exp2(b_x)
+        b_u = b_p
+    elif KIND == POW_ANY:
+        if is_soft:
+            b_p = tl.exp2(b_x)
+            b_u = b_p
+        else:
+            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
+            b_u = entmax_u(b_x, pm1)
+            b_p = b_u * b_x
+    else:
+        b_x = tl.maximum(b_x, 0.0)
+        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, False)
+        b_p = b_u * b_x
+    return b_x, b_u, b_p
+
+
+@triton.jit
+def entmax_log2_of(b_x, pm1, KIND: tl.constexpr):
+    """log2(x) on a ``POW_*`` path (accurate near x = 1 where alpha is near 1, as ``entmax_log2``)."""
+    if KIND == POW_NEAR1:
+        b_l = log2_near1(b_x)
+    elif KIND == POW_ANY:
+        b_l = entmax_log2(b_x, pm1)
+    else:
+        b_l = tl.log2(b_x)
     return b_l
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import triton
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
-from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_slices, tiles
 
 # pointer arguments that are not the q/k/v-dtype tensors
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
@@ -80,11 +80,19 @@ def cases(D: int, t):
     """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
-    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_slices(t), HALLEY=t.halley,
+               HALLEY_GENERAL=t.halley_general,
                O3_FWD=t.o3_fwd)
     if t.scan:
         yield "fwd scan (phase A)", adasplash_fwd_scan_kernel, base, t.scan_warps, t.scan_stages
+    solve = t.scan and t.solve
+    if solve:
+        yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
+               dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_slices(t), HALLEY=t.halley,
+                    HALLEY_GENERAL=t.halley_general),
+               t.solve_warps, t.solve_stages)
     fwd["SCANNED"] = t.scan
+    fwd["SOLVED"] = solve
     yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), t.fwd_warps, t.fwd_stages
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),

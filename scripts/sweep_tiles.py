@@ -34,6 +34,7 @@ CASES = {
     "d64-local2-16k": (64, 16384, 2.0, 1.5, True),
     "d64-local2-16k-noncausal": (64, 16384, 2.0, 1.5, False),
     "d128-random": (128, 4096, 0.0, 1.5, True),
+    "d128-random-a1.25": (128, 4096, 0.0, 1.25, True),
     "d128-local2-16k": (128, 16384, 2.0, 1.5, True),
 }
 
@@ -73,6 +74,12 @@ def variants(D: int) -> dict[str, object]:
     for sw, ss in [(8, 3), (4, 4), (4, 2)]:
         if (sw, ss) != (t.scan_warps, t.scan_stages):
             out[f"scan-w{sw}s{ss}"] = r(t, scan_warps=sw, scan_stages=ss)
+    if t.scan:
+        out["fused-B" if t.solve else "tau"] = r(t, solve=not t.solve)
+    # tau slices: n<general alpha>s<alpha = 1.5 / 2>w<warps>
+    for bn, bsq, tw in [(16, 16, 4), (32, 32, 4), (64, 64, 4), (16, 32, 4), (32, 64, 4), (16, 64, 8)]:
+        if (bn, bsq, tw) != (t.solve_bn, t.solve_bn_square, t.solve_warps):
+            out[f"tau-n{bn}s{bsq}w{tw}"] = r(t, solve_bn=bn, solve_bn_square=bsq, solve_warps=tw)
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

@@ -291,9 +291,10 @@ def test_dalpha_paths_agree(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_scan_kernel_matches_fused_phase_a(monkeypatch, causal):
-    # phase A (row max, softmax normaliser, tile gaps) as its own kernel or inside the main one: the same arithmetic,
-    # so bit-identical outputs, tau rows, tile lists and gradients; softmax, entmax and sparsemax heads, padded keys
+def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal):
+    # phase A (row max, tile gaps) and phase B (tau, tile list) as their own kernels or inside the main one: the same
+    # arithmetic, so bit-identical outputs, tau rows, tile lists and gradients; softmax, entmax and sparsemax heads,
+    # padded keys
     import dataclasses
 
     from hf_adasplash.ops import tiling
@@ -303,23 +304,24 @@ def test_scan_kernel_matches_fused_phase_a(monkeypatch, causal):
     a = _alpha((1.0, 1.3, 1.5, 2.0), 4)
     base = tiling.tiles(32)
     runs = {}
-    for scan in (True, False):
-        variant = dataclasses.replace(base, scan=scan)
+    for scan, solve in ((True, True), (True, False), (False, False)):
+        variant = dataclasses.replace(base, scan=scan, solve=solve)
         monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
         fwd = torch.ops.hf_adasplash.attn_fwd(q.detach(), k.detach(), v.detach(), a.detach(), None, None, None, None,
                                               kpm, 70, 70, causal, 32**-0.5, -1, 0.0, True, True)
         out = adasplash_attention_triton(q, k, v, a, is_causal=causal, key_padding_mask=kpm)
-        runs[scan] = (fwd, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
-    (fwd_s, g_s), (fwd_f, g_f) = runs[True], runs[False]
-    for name, x, y in zip(["o", "o2", "tau", "ent", "o3", "gap", "thr"], fwd_s, fwd_f):
-        # tiles neither forward visits keep the NaN poison in both
-        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=name)
-    cnt = fwd_s[8]
-    assert torch.equal(cnt, fwd_f[8])
-    for i in range(cnt.numel()):  # entries past each list's length are scratch
-        n = int(cnt.flatten()[i])
-        assert torch.equal(fwd_s[7].flatten(0, 1)[i, :n], fwd_f[7].flatten(0, 1)[i, :n])
-    for x, y in zip(g_s, g_f):
-        assert torch.equal(x, y)
+        runs[scan, solve] = (fwd, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
+    fwd_s, g_s = runs[True, True]
+    for fwd_f, g_f in (runs[True, False], runs[False, False]):
+        for name, x, y in zip(["o", "o2", "tau", "ent", "o3", "gap", "thr"], fwd_s, fwd_f):
+            # tiles no forward visits keep the NaN poison in all
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=name)
+        cnt = fwd_s[8]
+        assert torch.equal(cnt, fwd_f[8])
+        for i in range(cnt.numel()):  # entries past each list's length are scratch
+            n = int(cnt.flatten()[i])
+            assert torch.equal(fwd_s[7].flatten(0, 1)[i, :n], fwd_f[7].flatten(0, 1)[i, :n])
+        for x, y in zip(g_s, g_f):
+            assert torch.equal(x, y)
     ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=causal, key_padding_mask=kpm)
     assert (fwd_s[0].double() - ref).abs().max().item() <= 2e-5

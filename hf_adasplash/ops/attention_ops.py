@@ -14,8 +14,8 @@ import torch
 import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
-from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tiles
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_slices, tiles
 
 
 def _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
@@ -105,9 +105,12 @@ def attn_fwd(
     ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
     o3 = torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0)
     tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
-    tile_thr = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32, device=q.device)
+    solve = t.scan and t.solve
+    # the tau kernel hands the list's threshold and length to the main kernel, also at inference
+    keep_list = need_bwd or solve
+    tile_thr = torch.empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.float32, device=q.device)
     tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
-    tile_cnt = torch.empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32, device=q.device)
+    tile_cnt = torch.empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.int32, device=q.device)
     tau = scratch if need_bwd else rows.new_empty(0)
     if q.numel() == 0 or NMB == 0:
         return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
@@ -127,11 +130,18 @@ def attn_fwd(
             q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common,
             num_warps=t.scan_warps, num_stages=t.scan_stages,
         )
+    if solve:
+        adasplash_fwd_tau_kernel[(NMB, B * Hq)](
+            q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
+            **_io_strides(strides, q=q, k=k), **common, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
+            **tau_slices(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+            num_warps=t.solve_warps, num_stages=t.solve_stages,
+        )
     adasplash_fwd_kernel[(NMB, B * Hq)](
         q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
         tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common,
-        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
-        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan,
+        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_slices(t),
+        HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
     )
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
@@ -150,6 +160,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
     t = tiles(D)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     rows = q.new_empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32)
+    keep_list = need_bwd or (t.scan and t.solve)
     return (
         torch.empty_like(q),
         torch.empty_like(q) if need_bwd else q.new_empty(0),
@@ -157,9 +168,9 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
         torch.empty_like(rows) if need_ent else rows.new_empty(0),
         torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.float32),
-        q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.float32),
+        q.new_empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.float32),
         q.new_empty((B * Hq, NMB, NKB), dtype=torch.int32),
-        q.new_empty((B * Hq, NMB) if need_bwd else (0,), dtype=torch.int32),
+        q.new_empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.int32),
     )
 
 

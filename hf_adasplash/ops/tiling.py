@@ -34,14 +34,20 @@ class Tiles:
     scan: bool = True  # phase A (the dense pass) as its own kernel, with the few registers it needs
     scan_warps: int = 4
     scan_stages: int = 3
+    solve: bool = True  # phase B (tau) as its own kernel, after the scan (needs scan)
+    solve_warps: int = 4
+    solve_stages: int = 3
+    solve_bn: int = 16  # the tau passes walk each listed tile in slices of this many keys (fewer registers)...
+    solve_bn_square: int = 64  # ...and this many for alpha = 1.5 and 2 (no special functions: wider dots pay)
 
 
 def tiles(head_dim: int) -> Tiles:
     """The forward and backward share BM x BN: the backward walks the forward's tile list."""
     BD = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
-        # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops).
-        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64)  # both d(alpha) paths, as on the GPU
+        # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops); both
+        # d(alpha) paths, as on the GPU; tau passes in slices, as on the GPU
+        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16)
     # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
@@ -51,3 +57,8 @@ def tiles(head_dim: int) -> Tiles:
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False)
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32, o3_fwd=False)
+
+
+def tau_slices(t: Tiles) -> dict[str, int]:
+    """The tau passes' slice widths as kernel arguments (a slice never exceeds the tile)."""
+    return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN)}
