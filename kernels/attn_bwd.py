@@ -16,15 +16,9 @@ import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import (
-    POW_ANY,
-    POW_GENERAL,
-    POW_LINEAR,
-    POW_NEAR1,
-    POW_SOFTMAX,
-    POW_SQUARE,
     dot_to_z,
-    entmax_log2_of,
-    entmax_xup,
+    entmax_log2,
+    entmax_u,
     kv_range,
     prescale_q,
     q_range,
@@ -49,39 +43,6 @@ def dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b
     b_da = (b_doo - b_delta) / (a_m1 * a_m1) - (b_spl - b_delta * b_ent) / a_m1
     b_da = tl.where(is_soft, 0.0, tl.where(b_tau < float("inf"), b_da, 0.0))
     tl.store(dalpha_row + p_row, b_da, mask=m_row)
-
-
-@triton.jit
-def dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-            k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1, is_soft, scale, softcap, zs,
-            BMQ: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BNS: tl.constexpr, IS_CAUSAL: tl.constexpr,
-            HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-            DOT_PREC: tl.constexpr, SUM_PLOG: tl.constexpr, KIND: tl.constexpr):
-    """dq over the listed tiles (unscaled) and, with SUM_PLOG, the row sums of dP p log2 x."""
-    b_dq = tl.zeros([BMQ, BD], dtype=tl.float32)
-    b_spl = tl.zeros([BMQ], dtype=tl.float32)
-    # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
-    for js in range(0, cnt * (BN // BNS)):
-        n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
-        b_z, b_kt = score_tile(b_qs, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                               k_pos_base, kpm_base, scale, softcap, zs, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                               HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-        o_n = n0 + tl.arange(0, BNS)
-        # [BD, BNS]
-        b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
-                       mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
-        # [BMQ, BNS]
-        if KIND == POW_ANY:
-            b_x = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
-        else:
-            b_x = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller (Triton 3.6: see forward)
-        b_x, b_u, b_p = entmax_xup(b_x, pm1, is_soft, KIND)
-        b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
-        b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
-        b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
-        if SUM_PLOG and KIND != POW_SOFTMAX:
-            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_p * entmax_log2_of(b_x, pm1, KIND), 0.0), 1)
-    return b_dq, b_spl
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
@@ -153,39 +114,30 @@ def adasplash_bwd_kernel_dq(
         b_spl = tl.sum(b_do.to(tl.float32) * b_o3.to(tl.float32), 1)
         dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
 
-    # one loop per alpha class (see the forward's output pass); fp32 keeps one loop for all
-    b_mc = b_mx[:, None]
-    b_tc = b_tau[:, None]
-    if DOT_PREC == "ieee":
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_ANY)
-    elif is_soft:
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_SOFTMAX)
-    elif pm1 == 1.0:
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_SQUARE)
-    elif pm1 == 0.0:
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_LINEAR)
-    elif pm1 > 32.0:
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_NEAR1)
-    else:
-        b_dq, b_spl = dq_pass(b_qs, b_do, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0,
-                           m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_mx, b_tau, b_mc, b_tc, b_delta, pm1,
-                           is_soft, scale, softcap, zs, BMQ, BN, BD, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                           HAS_SOFTCAP, DOT_PREC, NEED_DALPHA and not O3_FWD, POW_GENERAL)
+    b_dq = tl.zeros([BMQ, BD], dtype=tl.float32)
+    b_spl = tl.zeros([BMQ], dtype=tl.float32)  # sum dP p log2(x), without O3_FWD
+    # each listed BM x BN tile in BNS-key slices: smaller live tiles, no register spills
+    for js in range(0, cnt * (BN // BNS)):
+        n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
+        b_z, b_kt = score_tile(b_qs, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                               k_pos_base, kpm_base, scale, softcap, zs, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                               HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        o_n = n0 + tl.arange(0, BNS)
+        # [BD, BNS]
+        b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
+                       mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
+        # [BMQ, BNS]
+        b_x = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
+        if is_soft:
+            b_u = tl.exp2(b_x)  # u = p
+        else:
+            b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf
+            b_u = entmax_u(b_x, pm1)
+        b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
+        b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
+        b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
+        if NEED_DALPHA and not O3_FWD:
+            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_u * b_x * entmax_log2(b_x, pm1), 0.0), 1)
     if NEED_DALPHA and not O3_FWD:
         dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
@@ -209,47 +161,6 @@ def compact_q_blocks(p_gap, stride_gap, p_thr, p_out, n0, Nq, Nk, off, W, start,
         tl.store(p_out + cnt + tl.cumsum(b_k, 0) - 1, o_c, mask=b_keep)
         cnt += tl.sum(b_k, 0)
     return cnt
-
-
-@triton.jit
-def dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt, o_n, o_d, m_d, n0, n1, Nq,
-             Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn, stride_on, stride_rs, stride_pqb, pm1, is_soft, scale,
-             softcap, zs, BM: tl.constexpr, BMS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr,
-             KIND: tl.constexpr):
-    """dk (unscaled) and dv of one key block, accumulated over one query head's listed query blocks."""
-    # each listed query block in BMS-row slices: smaller live tiles, no register spills
-    for js in range(0, cnt * (BM // BMS)):
-        m0 = tl.load(p_list + js // (BM // BMS)) * BM + (js % (BM // BMS)) * BMS
-        m1 = tl.minimum(m0 + BMS, Nq) - 1
-        o_m = m0 + tl.arange(0, BMS)
-        m_row = o_m < Nq
-        o_tok = (bos_q + o_m).to(tl.int64)
-        m_dq = m_d[:, None] & m_row[None, :]
-        # [BD, BMS]
-        b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
-        b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
-        # [BM]
-        b_mx = tl.load(tau + r_base + o_m, mask=m_row, other=0.0)
-        b_tau = tl.load(tau + stride_rs + r_base + o_m, mask=m_row, other=float("inf"))  # tau - m
-        b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
-        # [BN, BMS]
-        b_qs = prescale_q(b_qt, scale, zs, HAS_SOFTCAP, DOT_PREC)
-        b_z = dot_to_z(tl.dot(b_k, b_qs, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
-        if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
-            b_qp = o_m
-            if HAS_POS:
-                b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
-            vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
-                          b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
-            b_z = tl.where(vis, b_z, float("-inf"))
-        b_x = z_minus_tau(b_z, b_mx[None, :], b_tau[None, :], DOT_PREC)
-        b_x, b_u, b_p = entmax_xup(b_x, pm1, is_soft, KIND)
-        b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
-        b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)
-        b_ds = softcap_grad(b_z, b_u * (b_dpt - b_delta[None, :]), softcap, zs, HAS_SOFTCAP)
-        b_dk += tl.dot(b_ds.to(b_qt.dtype), tl.trans(b_qt), input_precision=DOT_PREC)
-    return b_dk, b_dv
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
@@ -316,37 +227,43 @@ def adasplash_bwd_kernel_dkv(
         cnt = compact_q_blocks(p_gap, NKB, p_thr, p_list, n0, Nq, Nk, off, W, mlo // BM, tl.cdiv(mhi, BM), BM,
                                BN, CH, IS_CAUSAL, HAS_WINDOW, HAS_POS)
         tl.debug_barrier()
-        # one loop per alpha class (see the forward's output pass); fp32 keeps one loop for all
-        if DOT_PREC == "ieee":
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_ANY)
-        elif is_soft:
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_SOFTMAX)
-        elif pm1 == 1.0:
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_SQUARE)
-        elif pm1 == 0.0:
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_LINEAR)
-        elif pm1 > 32.0:
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_NEAR1)
-        else:
-            b_dk, b_dv = dkv_pass(b_dk, b_dv, b_k, b_v, q_base, do_base, tau, delta, q_pos, r_base, p_list, cnt,
-                                   o_n, o_d, m_d, n0, n1, Nq, Nk, off, W, b_kp, b_kpm, i_b64, bos_q, stride_qn,
-                                   stride_on, stride_rs, stride_pqb, pm1, is_soft, scale, softcap, zs, BM, BMS, IS_CAUSAL,
-                                   HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_GENERAL)
+        # each listed query block in BMS-row slices: smaller live tiles, no register spills
+        for js in range(0, cnt * (BM // BMS)):
+            m0 = tl.load(p_list + js // (BM // BMS)) * BM + (js % (BM // BMS)) * BMS
+            m1 = tl.minimum(m0 + BMS, Nq) - 1
+            o_m = m0 + tl.arange(0, BMS)
+            m_row = o_m < Nq
+            o_tok = (bos_q + o_m).to(tl.int64)
+            m_dq = m_d[:, None] & m_row[None, :]
+            # [BD, BMS]
+            b_qt = tl.load(q_base + o_tok[None, :] * stride_qn + o_d[:, None], mask=m_dq, other=0.0)
+            b_dot = tl.load(do_base + o_tok[None, :] * stride_on + o_d[:, None], mask=m_dq, other=0.0)
+            # [BM]
+            b_mx = tl.load(tau + r_base + o_m, mask=m_row, other=0.0)
+            b_tau = tl.load(tau + stride_rs + r_base + o_m, mask=m_row, other=float("inf"))  # tau - m
+            b_delta = tl.load(delta + r_base + o_m, mask=m_row, other=0.0)
+            # [BN, BMS]
+            b_qs = prescale_q(b_qt, scale, zs, HAS_SOFTCAP, DOT_PREC)
+            b_z = dot_to_z(tl.dot(b_k, b_qs, input_precision=DOT_PREC), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
+            if tile_needs_mask(m0, m1, n0, n1, Nk, off, W, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM):
+                b_qp = o_m
+                if HAS_POS:
+                    b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
+                vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
+                              b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
+                b_z = tl.where(vis, b_z, float("-inf"))
+            b_x = z_minus_tau(b_z, b_mx[None, :], b_tau[None, :], DOT_PREC)
+            if is_soft:
+                b_p = tl.exp2(b_x)
+                b_u = b_p
+            else:
+                b_x = tl.maximum(b_x, 0.0)
+                b_u = entmax_u(b_x, pm1)
+                b_p = b_u * b_x
+            b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
+            b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+            b_ds = softcap_grad(b_z, b_u * (b_dpt - b_delta[None, :]), softcap, zs, HAS_SOFTCAP)
+            b_dk += tl.dot(b_ds.to(b_qt.dtype), tl.trans(b_qt), input_precision=DOT_PREC)
     tl.store(dk + i_b64 * stride_dkb + i_hk * stride_dkh + o_ktok[:, None] * stride_dkn + o_d[None, :],
              (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
     tl.store(dv + i_b64 * stride_dvb + i_hk * stride_dvh + o_ktok[:, None] * stride_dvn + o_d[None, :],

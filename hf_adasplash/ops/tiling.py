@@ -52,10 +52,15 @@ def tiles(head_dim: int) -> Tiles:
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
     # [BM, D] accumulator spills at 4); at D >= 128 the dq loop sums d(alpha)'s row term instead.
+    # v8 (NOTES): the output-only main forward runs 8 warps at D = 64 too; the tau kernel's slices are 16 keys wide
+    # at D = 64 (learned alphas: the general power is MUFU-bound and wants 4 programs per SM; alpha = 1.5 alone
+    # would take 64) and a whole tile at D = 128.
     if BD <= 64:
-        return Tiles(128, 64, BD, 4, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3)
+        return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
+                     solve_bn_square=16)
     if BD <= 128:
-        return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False)
+        return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
+                     solve_bn_square=64)
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32, o3_fwd=False)
 
 
