@@ -131,11 +131,17 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
 def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m,
              b_tau, pm1, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, BNT: tl.constexpr,
              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
-             HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, KIND: tl.constexpr, NEED_U2: tl.constexpr):
+             HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, KIND: tl.constexpr, NEED_U2: tl.constexpr,
+             LATE_SUM: tl.constexpr):
     """One pass over the listed tiles at tau = m + b_tau: per row S0 = sum x^p, S1 = sum x^(p-1), S2 = sum x^(p-2)."""
+    # LATE_SUM: per-thread partial sums, reduced across threads once after the loop (as flash attention keeps its
+    # row sum) instead of three cross-thread reductions per slice; costs three [BM, BNT] accumulators
     b_s0 = tl.zeros([BM], dtype=tl.float32)
     b_s1 = tl.zeros([BM], dtype=tl.float32)
     b_s2 = tl.zeros([BM], dtype=tl.float32)
+    b_a0 = tl.zeros([BM, BNT], dtype=tl.float32)
+    b_a1 = tl.zeros([BM, BNT], dtype=tl.float32)
+    b_a2 = tl.zeros([BM, BNT], dtype=tl.float32)
     # each listed tile in slices of BNT keys: a [BM, BNT] score slice and its three powers are what the pass holds
     # (the general power's log2/exp2 tiles at BNT = BN alone took 255 registers); alpha = 1.5 and 2, bound by the
     # dots rather than the special-function units, take wider slices (BNT_SQ)
@@ -147,10 +153,18 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
         # [BM, BNT]
         b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
         b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, NEED_U2)
-        if NEED_U2:
-            b_s2 += tl.sum(b_u2, 1)
-        b_s0 += tl.sum(b_u * b_x, 1)
-        b_s1 += tl.sum(b_u, 1)
+        if LATE_SUM:
+            if NEED_U2:
+                b_a2 += b_u2
+            b_a0 += b_u * b_x
+            b_a1 += b_u
+        else:
+            if NEED_U2:
+                b_s2 += tl.sum(b_u2, 1)
+            b_s0 += tl.sum(b_u * b_x, 1)
+            b_s1 += tl.sum(b_u, 1)
+    if LATE_SUM:
+        b_s0, b_s1, b_s2 = tl.sum(b_a0, 1), tl.sum(b_a1, 1), tl.sum(b_a2, 1)
     return b_s0, b_s1, b_s2
 
 
@@ -160,7 +174,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
-              CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr):
+              CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     Rows with no visible key come back with row max 0 and offset inf. The candidate tiles' list (``p_idx``) ends
@@ -208,22 +222,22 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
                                             BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_SQUARE, HALLEY)
+                                            POW_SQUARE, HALLEY, LATE_SUM)
             elif pm1 == 0.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
                                             BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_LINEAR, False)
+                                            POW_LINEAR, False, LATE_SUM)
             elif pm1 > 32.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
                                             BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_NEAR1, HALLEY and HALLEY_GENERAL)
+                                            POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
             else:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
                                             BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_GENERAL, HALLEY and HALLEY_GENERAL)
+                                            POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
@@ -312,7 +326,7 @@ def adasplash_fwd_tau_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False,
+    HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length.
@@ -347,7 +361,7 @@ def adasplash_fwd_tau_kernel(
                                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
                                      pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                     HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL)
+                                     HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -409,7 +423,7 @@ def adasplash_fwd_kernel(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr,
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
-    SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False,
+    SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -462,7 +476,7 @@ def adasplash_fwd_kernel(
         b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                         HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL)
+                                         HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, near 1, general): a runtime branch inside the loop would keep

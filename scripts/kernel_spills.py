@@ -28,7 +28,7 @@ from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_sc
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_slices, tiles
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_pass_args, tiles
 
 # pointer arguments that are not the q/k/v-dtype tensors
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
@@ -80,7 +80,7 @@ def cases(D: int, t):
     """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
-    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_slices(t), HALLEY=t.halley,
+    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
                HALLEY_GENERAL=t.halley_general,
                O3_FWD=t.o3_fwd)
     if t.scan:
@@ -88,7 +88,7 @@ def cases(D: int, t):
     solve = t.scan and t.solve
     if solve:
         yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
-               dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_slices(t), HALLEY=t.halley,
+               dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
                     HALLEY_GENERAL=t.halley_general),
                t.solve_warps, t.solve_stages)
     fwd["SCANNED"] = t.scan

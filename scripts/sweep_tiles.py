@@ -80,6 +80,10 @@ def variants(D: int) -> dict[str, object]:
     for bn, bsq, tw in [(16, 16, 4), (32, 32, 4), (64, 64, 4), (16, 32, 4), (32, 64, 4), (16, 64, 8)]:
         if (bn, bsq, tw) != (t.solve_bn, t.solve_bn_square, t.solve_warps):
             out[f"tau-n{bn}s{bsq}w{tw}"] = r(t, solve_bn=bn, solve_bn_square=bsq, solve_warps=tw)
+    # late: per-thread partial row sums in the tau passes
+    for bn, tw in [(16, 4), (16, 8), (32, 4), (32, 8), (64, 8)]:
+        if (bn, bn, tw, True) != (t.solve_bn, t.solve_bn_square, t.solve_warps, t.solve_late_sum):
+            out[f"tau-late-n{bn}w{tw}"] = r(t, solve_bn=bn, solve_bn_square=bn, solve_warps=tw, solve_late_sum=True)
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

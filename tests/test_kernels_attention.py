@@ -290,8 +290,9 @@ def test_dalpha_paths_agree(monkeypatch, dtype):
     assert rel <= (1e-4 if dtype == torch.float32 else 2e-2), rel  # the fp32 d(alpha) bound of the GPU accuracy test
 
 
+@pytest.mark.parametrize("late_sum", [False, True])
 @pytest.mark.parametrize("causal", [True, False])
-def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal):
+def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
     # phase A (row max, tile gaps) and phase B (tau, tile list) as their own kernels or inside the main one: the same
     # arithmetic, so bit-identical outputs, tau rows, tile lists and gradients; softmax, entmax and sparsemax heads,
     # padded keys
@@ -302,7 +303,7 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal):
     q, k, v = _grad_inputs(2, 4, 2, 70, 70, 32, torch.float32)
     kpm = torch.rand(2, 70) > 0.2
     a = _alpha((1.0, 1.3, 1.5, 2.0), 4)
-    base = tiling.tiles(32)
+    base = dataclasses.replace(tiling.tiles(32), solve_late_sum=late_sum)
     runs = {}
     for scan, solve in ((True, True), (True, False), (False, False)):
         variant = dataclasses.replace(base, scan=scan, solve=solve)

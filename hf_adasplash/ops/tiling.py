@@ -39,6 +39,7 @@ class Tiles:
     solve_stages: int = 3
     solve_bn: int = 16  # the tau passes walk each listed tile in slices of this many keys (fewer registers)...
     solve_bn_square: int = 64  # ...and this many for alpha = 1.5 and 2 (no special functions: wider dots pay)
+    solve_late_sum: bool = False  # tau passes keep per-thread partial sums, one cross-thread reduction per pass
 
 
 def tiles(head_dim: int) -> Tiles:
@@ -64,6 +65,6 @@ def tiles(head_dim: int) -> Tiles:
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32, o3_fwd=False)
 
 
-def tau_slices(t: Tiles) -> dict[str, int]:
-    """The tau passes' slice widths as kernel arguments (a slice never exceeds the tile)."""
-    return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN)}
+def tau_pass_args(t: Tiles) -> dict[str, int]:
+    """The tau passes' slice widths (a slice never exceeds the tile) and row-sum mode as kernel arguments."""
+    return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN), "LATE_SUM": t.solve_late_sum}
