@@ -338,3 +338,32 @@ def test_half_precision_tau_tolerance_near_alpha_1_and_2():
     ref = attention_reference(q.double(), k.double(), v.double(), a, is_causal=True)
     err = (out - ref).abs().amax(dim=(0, 2, 3)) / ref.abs().amax()
     assert (err <= 2e-3).all(), err  # fp16 rounding of p and the output: ~5e-4
+
+
+def test_fixed_square_alpha_takes_its_own_tau_settings(monkeypatch):
+    # a float alpha of 1.5 (known on the host) runs the tau kernel with Tiles.square_solve; the same alpha as a
+    # tensor runs the general settings: both match the reference, and each other to fp32 rounding
+    from hf_adasplash.ops import tiling
+
+    seen = []
+    real = attention_ops.adasplash_fwd_tau_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(**kw):
+                seen.append((kw["BNT"], kw["LATE_SUM"]))
+                return real[grid](**kw)
+            return launch
+
+    monkeypatch.setattr(attention_ops, "adasplash_fwd_tau_kernel", Spy())
+    q, k, v = _grad_inputs(1, 2, 2, 70, 70, 32, torch.float32)
+    outs = {}
+    for name, a in (("float", 1.5), ("tensor", torch.tensor(1.5, dtype=torch.float64))):
+        out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+        outs[name] = (out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
+    square = tiling.tiles(32).square_solve
+    assert seen == [(square[0], square[2]), (16, False)]
+    ref = attention_reference(q.double(), k.double(), v.double(), 1.5, is_causal=True)
+    assert (outs["float"][0].double() - ref).abs().max().item() <= 2e-5
+    for x, y in zip(outs["float"], outs["tensor"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

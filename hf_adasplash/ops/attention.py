@@ -23,11 +23,11 @@ DECODE_MAX_Q = 16
 class AdaSplashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
-                is_causal, scale, window, softcap):
+                is_causal, scale, window, softcap, alpha_square):
         need_ent = alpha.requires_grad
         o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt = torch.ops.hf_adasplash.attn_fwd(
             q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
-            is_causal, scale, window, softcap, True, need_ent,
+            is_causal, scale, window, softcap, True, need_ent, alpha_square,
         )
         ctx.save_for_backward(q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt,
                               cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm)
@@ -45,7 +45,7 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
             cu_seqlens_k, q_pos, k_pos, kpm, *ctx.args, need_dalpha, need_dkv,
         )
         return ((dq if ctx.needs_input_grad[0] else None), (dk if need_dkv else None), (dv if need_dkv else None),
-                (dalpha if need_dalpha else None), *([None] * 11))
+                (dalpha if need_dalpha else None), *([None] * 12))
 
 
 def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap):
@@ -54,12 +54,15 @@ def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
     window = -1 if window is None else int(window)
     softcap = 0.0 if softcap is None else float(softcap)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, a))
+    # a fixed alpha of 1.5 or 2 is known here without reading the device: its tau passes may specialise
+    square = not isinstance(alpha, torch.Tensor) and float(alpha) in (1.5, 2.0)
     if not need_grad:
         return torch.ops.hf_adasplash.attn_fwd(
             q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap, False, False,
+            square,
         )[0]
     return AdaSplashAttentionFunction.apply(q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
-                                            scale, window, softcap)
+                                            scale, window, softcap, square)
 
 
 def _positions(idx):

@@ -10,6 +10,8 @@ entropy term; ``o3`` (like ``o``) holds the values weighted by ``p log2 x``, for
 list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query block ``[B*Hq, NMB]``.
 """
 
+import dataclasses
+
 import torch
 import triton
 
@@ -87,14 +89,18 @@ def attn_fwd(
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
-    need_bwd: bool, need_ent: bool,
+    need_bwd: bool, need_ent: bool, alpha_square: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """Returns (o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt); all but o and the tile scratch are
-    empty unless a backward follows (ent and o3: unless alpha needs a gradient)."""
+    empty unless a backward follows (ent and o3: unless alpha needs a gradient). ``alpha_square``: every head's
+    alpha is known on the host to be 1.5 or 2, so the tau kernel may take the settings those heads prefer."""
     q, k, v = _last_dim_contiguous(q, k, v)
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
+    if alpha_square and t.square_solve is not None:
+        bn, warps, late = t.square_solve
+        t = dataclasses.replace(t, solve_bn=bn, solve_bn_square=bn, solve_warps=warps, solve_late_sum=late)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     varlen = cu_seqlens_q is not None
     o = torch.empty_like(q)
@@ -155,7 +161,7 @@ def _fwd_stages(t, need_ent, q):
 
 @attn_fwd.register_fake
 def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k,
-      is_causal, scale, window, softcap, need_bwd, need_ent):
+      is_causal, scale, window, softcap, need_bwd, need_ent, alpha_square=False):
     (B, Hq, _, NQ, NK, D), _s = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)

@@ -40,6 +40,8 @@ class Tiles:
     solve_bn: int = 16  # the tau passes walk each listed tile in slices of this many keys (fewer registers)...
     solve_bn_square: int = 64  # ...and this many for alpha = 1.5 and 2 (no special functions: wider dots pay)
     solve_late_sum: bool = False  # tau passes keep per-thread partial sums, one cross-thread reduction per pass
+    # (solve_bn, solve_warps, solve_late_sum) when every head's alpha is known on the host to be 1.5 or 2
+    square_solve: tuple[int, int, bool] | None = None
 
 
 def tiles(head_dim: int) -> Tiles:
@@ -47,18 +49,18 @@ def tiles(head_dim: int) -> Tiles:
     BD = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops); both
-        # d(alpha) paths, as on the GPU; tau passes in slices, as on the GPU
-        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16)
+        # d(alpha) paths, as on the GPU; tau passes in slices and a fixed-alpha variant, as on the GPU
+        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16, square_solve=(32, 1, True))
     # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
     # [BM, D] accumulator spills at 4); at D >= 128 the dq loop sums d(alpha)'s row term instead.
     # v8 (NOTES): the output-only main forward runs 8 warps at D = 64 too; the tau kernel's slices are 16 keys wide
-    # at D = 64 (learned alphas: the general power is MUFU-bound and wants 4 programs per SM; alpha = 1.5 alone
-    # would take 64) and a whole tile at D = 128.
+    # at D = 64 (learned alphas: the general power is MUFU-bound and wants 4 programs per SM; a fixed alpha of 1.5
+    # or 2 takes 32-key slices with late row sums) and a whole tile at D = 128.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
-                     solve_bn_square=16)
+                     solve_bn_square=16, square_solve=(32, 4, True))
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
