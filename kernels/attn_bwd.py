@@ -16,12 +16,14 @@ import triton
 import triton.language as tl
 from hf_adasplash.kernels.attn_fwd import score_tile
 from hf_adasplash.kernels.attn_utils import (
+    alpha_terms,
     dot_to_z,
     entmax_log2,
     entmax_u,
     kv_range,
     prescale_q,
     q_range,
+    query_block,
     seq_bounds,
     softcap_grad,
     tile_needs_mask,
@@ -29,7 +31,6 @@ from hf_adasplash.kernels.attn_utils import (
     z_minus_tau,
 )
 
-LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
@@ -58,16 +59,11 @@ def adasplash_bwd_kernel_dq(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
     BNS: tl.constexpr, BMQ: tl.constexpr, O3_FWD: tl.constexpr = True,
 ):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // G
-    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
-    m0 = i_m * BMQ
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
+                                                                             BMQ, IS_VARLEN)
     if m0 >= Nq:
         return
-    m1 = tl.minimum(m0 + BMQ, Nq) - 1
     off = Nk - Nq
-    i_b64 = i_b.to(tl.int64)
 
     o_m = m0 + tl.arange(0, BMQ)
     o_d = tl.arange(0, BD)
@@ -96,11 +92,7 @@ def adasplash_bwd_kernel_dq(
     if HAS_POS:
         b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
 
-    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
-    is_soft = a_m1 == 0.0
-    a_m1 = tl.where(is_soft, 1.0, a_m1)
-    zs = tl.where(is_soft, LOG2E, a_m1)
-    pm1 = 1.0 / a_m1 - 1.0
+    a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
     b_qs = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)  # only for the scores
 
     # rows m0.. use the list of their forward block (BMQ divides BM)
@@ -212,11 +204,7 @@ def adasplash_bwd_kernel_dkv(
     for i_g in range(G):
         i_h = i_hk * G + i_g
         i_bh = i_b * H + i_h
-        a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
-        is_soft = a_m1 == 0.0
-        a_m1 = tl.where(is_soft, 1.0, a_m1)
-        zs = tl.where(is_soft, LOG2E, a_m1)
-        pm1 = 1.0 / a_m1 - 1.0
+        a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
         q_base = q + i_b64 * stride_qb + i_h * stride_qh
         do_base = do + i_b64 * stride_ob + i_h * stride_oh
         r_base = i_b64 * stride_rb + i_h * stride_rh + bos_q

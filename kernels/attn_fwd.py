@@ -34,6 +34,7 @@ from hf_adasplash.kernels.attn_utils import (
     POW_NEAR1,
     POW_SOFTMAX,
     POW_SQUARE,
+    alpha_terms,
     compact,
     dot_to_z,
     entmax_log2_of,
@@ -41,13 +42,12 @@ from hf_adasplash.kernels.attn_utils import (
     entmax_xup,
     kv_range,
     prescale_q,
-    seq_bounds,
+    query_block,
     tile_needs_mask,
     visible,
     z_minus_tau,
 )
 
-LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 TAU_TOL = tl.constexpr(2.44140625e-04)  # 2^-12 relative: Newton's next step would be ~1e-8, below fp32 resolution
 # bf16/fp16 inputs at alpha = 1.5: 2^-6 relative leaves an output error ~1e-4 (float64 simulation, bench/NOTES.md
@@ -292,21 +292,15 @@ def adasplash_fwd_scan_kernel(
     Split from the main kernel so that this dense pass, most of the forward's time on sparse inputs, runs with the
     few registers it needs (more programs per SM) instead of the tau and output passes' register budget.
     """
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // G
-    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
-    m0 = i_m * BM
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
+                                                                             BM, IS_VARLEN)
     if m0 >= Nq:
         return
-    m1 = tl.minimum(m0 + BM, Nq) - 1
     off = Nk - Nq
-    i_b64 = i_b.to(tl.int64)
     o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
                                                           stride_qn, stride_pqb, BM, BD, D, HAS_POS)
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
-    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
-    zs = tl.where(a_m1 == 0.0, LOG2E, a_m1)
+    a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
@@ -334,24 +328,15 @@ def adasplash_fwd_tau_kernel(
     On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
     """
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // G
-    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
-    m0 = i_m * BM
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
+                                                                             BM, IS_VARLEN)
     if m0 >= Nq:
         return
-    m1 = tl.minimum(m0 + BM, Nq) - 1
     off = Nk - Nq
-    i_b64 = i_b.to(tl.int64)
     o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
                                                           stride_qn, stride_pqb, BM, BD, D, HAS_POS)
     k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
-    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
-    is_soft = a_m1 == 0.0
-    a_m1 = tl.where(is_soft, 1.0, a_m1)
-    zs = tl.where(is_soft, LOG2E, a_m1)
-    pm1 = 1.0 / a_m1 - 1.0
+    a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     p_blk = i_bh.to(tl.int64) * NMB + i_m
@@ -425,16 +410,11 @@ def adasplash_fwd_kernel(
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
 ):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // G
-    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
-    m0 = i_m * BM
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
+                                                                             BM, IS_VARLEN)
     if m0 >= Nq:
         return
-    m1 = tl.minimum(m0 + BM, Nq) - 1
     off = Nk - Nq
-    i_b64 = i_b.to(tl.int64)
 
     o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
                                                           stride_qn, stride_pqb, BM, BD, D, HAS_POS)
@@ -444,11 +424,7 @@ def adasplash_fwd_kernel(
     k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
     kpm_base = kpm + i_b64 * stride_mb
 
-    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)  # alpha arrives in float64: alpha - 1 keeps full precision
-    is_soft = a_m1 == 0.0
-    a_m1 = tl.where(is_soft, 1.0, a_m1)
-    zs = tl.where(is_soft, LOG2E, a_m1)
-    pm1 = 1.0 / a_m1 - 1.0  # exponent of u = x^(p-1) = p^(2-alpha)
+    a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
 
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)

@@ -42,6 +42,36 @@ def seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN: tl.constexpr)
 
 
 @triton.jit
+def query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                IS_VARLEN: tl.constexpr):
+    """This program's query block (grid: block, batch x head): its indices, the sequence's bounds and rows m0..m1.
+
+    Returns (i_m, i_bh, i_b as int64, i_h, KV head, first query token, Nq, first key token, Nk, m0, m1); the caller
+    returns early when m0 >= Nq (a block past this varlen segment's end).
+    """
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
+    m0 = i_m * BM
+    m1 = tl.minimum(m0 + BM, Nq) - 1
+    return i_m, i_bh, i_b.to(tl.int64), i_h, i_h // G, bos_q, Nq, bos_k, Nk, m0, m1
+
+
+@triton.jit
+def alpha_terms(alpha, i_h):
+    """Head i_h's (alpha - 1, is softmax, z scale, pm1 = 1/(alpha-1) - 1); softmax heads get alpha - 1 := 1.
+
+    alpha arrives in float64: alpha - 1 is taken before the cast, so alpha = 1.0001 keeps full precision.
+    """
+    a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
+    is_soft = a_m1 == 0.0
+    a_m1 = tl.where(is_soft, 1.0, a_m1)
+    zs = tl.where(is_soft, 1.4426950408889634, a_m1)  # log2(e): softmax heads' scores in base-2 exponent units
+    pm1 = 1.0 / a_m1 - 1.0  # exponent of u = x^(p-1) = p^(2-alpha)
+    return a_m1, is_soft, zs, pm1
+
+
+@triton.jit
 def q_range(n0, n1, Nq, off, W, BM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
             HAS_POS: tl.constexpr):
     """[lo, hi) of query rows that may see keys n0..n1 (inclusive); lo is aligned down to a BM tile."""
@@ -258,29 +288,6 @@ def entmax_u(b_x, pm1):
     else:
         b_u = tl.where(b_x > 0, tl.exp2(pm1 * entmax_log2(b_x, pm1)), 0.0)
     return b_u
-
-
-@triton.jit
-def entmax_u_u2(b_x, pm1, GENERAL_U2: tl.constexpr):
-    """(u, u2) with u = x^(p-1) as in ``entmax_u`` and u2 = x^(p-2) (0 off the support), p = 1/(alpha-1).
-
-    u2 feeds the curvature of the tau equation (Halley steps). alpha = 1.5 gives u2 = 1 on the support and alpha = 2
-    needs none (the curvature factor p - 1 is 0); other alphas pay one more exp2 per element, only with GENERAL_U2.
-    """
-    if pm1 == 1.0:
-        b_u = b_x
-        b_u2 = tl.where(b_x > 0, 1.0, 0.0)
-    elif pm1 == 0.0:
-        b_u = tl.where(b_x > 0, 1.0, 0.0)
-        b_u2 = tl.zeros_like(b_x)
-    else:
-        b_l = entmax_log2(b_x, pm1)
-        b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
-        if GENERAL_U2:
-            b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)
-        else:
-            b_u2 = tl.zeros_like(b_x)
-    return b_u, b_u2
 
 
 @triton.jit

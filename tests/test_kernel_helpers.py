@@ -8,17 +8,17 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from hf_adasplash.kernels.attn_utils import entmax_log2, entmax_u_u2
+from hf_adasplash.kernels.attn_utils import entmax_log2, entmax_u_u2_of
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @triton.jit
-def _helpers_kernel(x_ptr, l_ptr, u_ptr, u2_ptr, pm1, N: tl.constexpr):
+def _helpers_kernel(x_ptr, l_ptr, u_ptr, u2_ptr, pm1, N: tl.constexpr, KIND: tl.constexpr):
     o = tl.arange(0, N)
     b_x = tl.load(x_ptr + o)
     tl.store(l_ptr + o, entmax_log2(b_x, pm1))
-    b_u, b_u2 = entmax_u_u2(b_x, pm1, True)
+    b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, True)
     tl.store(u_ptr + o, b_u)
     tl.store(u2_ptr + o, b_u2)
 
@@ -26,7 +26,9 @@ def _helpers_kernel(x_ptr, l_ptr, u_ptr, u2_ptr, pm1, N: tl.constexpr):
 def _run(x: np.ndarray, pm1: float):
     xt = torch.tensor(x, dtype=torch.float32, device=DEV)
     outs = [torch.full_like(xt, float("nan")) for _ in range(3)]  # poisoned
-    _helpers_kernel[(1,)](xt, *outs, pm1, N=xt.numel())
+    # the alpha class the kernels branch on (attn_utils.POW_*): 1.5, 2, near 1, general
+    kind = 1 if pm1 == 1.0 else 2 if pm1 == 0.0 else 3 if pm1 > 32.0 else 0
+    _helpers_kernel[(1,)](xt, *outs, pm1, N=xt.numel(), KIND=kind)
     return [t.cpu().double().numpy() for t in outs]
 
 
