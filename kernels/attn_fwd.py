@@ -355,7 +355,7 @@ def adasplash_fwd_tau_kernel(
 
 @triton.jit
 def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
                 BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
                 HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, NEED_BWD: tl.constexpr,
                 NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr):
@@ -375,10 +375,7 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
         b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
                       mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
         # [BM, BN]
-        if KIND == POW_ANY:
-            b_x = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
-        else:
-            b_x = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller: see adasplash_fwd_kernel
+        b_x = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller: see adasplash_fwd_kernel
         b_x, b_u, b_p = entmax_xup(b_x, pm1, is_soft, KIND)
         if KIND != POW_SOFTMAX:
             if NEED_ENT:
@@ -464,32 +461,32 @@ def adasplash_fwd_kernel(
         # fp32: one loop for every class. Per-class loops made Triton 3.6 spill ~10 KiB of stack here (the rows
         # broadcast to five branches); fp32 is the accuracy path, bf16/fp16 the fast one
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_ANY)
     elif is_soft:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_SOFTMAX)
     elif pm1 == 1.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_SQUARE)
     elif pm1 == 0.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_LINEAR)
     elif pm1 > 32.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_NEAR1)
     else:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_m, b_tau, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_GENERAL)
     b_o, b_o2, b_su, b_ent, b_o3 = res
