@@ -54,6 +54,8 @@ TAU_TOL = tl.constexpr(2.44140625e-04)  # 2^-12 relative: Newton's next step wou
 # v8), far below the inputs' own rounding, and saves the last tau pass on dense rows (4 -> 3); scaled down towards
 # alpha = 1 and 2
 TAU_TOL_HALF = tl.constexpr(1.5625e-02)
+# |sum p - 1| beyond this after the tau loop (it hit MAX_ITERS): too far for the output pass's first-order step
+FOLD_MAX_DEFECT = tl.constexpr(0.25)
 SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
 
 
@@ -170,7 +172,8 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
 
 @triton.jit
 def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
-              p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, BM: tl.constexpr, BN: tl.constexpr,
+              p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, fold_lo, fold_hi, BM: tl.constexpr,
+              BN: tl.constexpr,
               BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -189,6 +192,9 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         # the loose tolerance only away from alpha = 1 and 2: near 2, x^(p-2) ~ 1/x makes Halley's error estimate
         # unreliable (fp16 at alpha = 1.999 erred 1e-2 with 2^-6)
         tol = tl.maximum(TAU_TOL, TAU_TOL_HALF * tl.minimum(1.0, 2.0 * tl.minimum(a_m1, 1.0 - a_m1)))
+    # the output pass makes one more (first-order) Newton step from the sums it computes anyway, so the loop may
+    # stop a step earlier: the tolerance grows by fold_lo (alpha <= 1.5) or fold_hi (1 without the fold)
+    tol = tol * tl.where(pm1 >= 1.0, fold_lo, fold_hi)
     if is_soft:
         thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
     else:
@@ -313,7 +319,7 @@ def adasplash_fwd_scan_kernel(
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_tau_kernel(
     q, k, alpha, tau, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, NQ, NK, W, NMB, NKB,
+    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -345,7 +351,7 @@ def adasplash_fwd_tau_kernel(
     b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
                                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
-                                     pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                     pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                      HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
@@ -358,13 +364,15 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
                 k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
                 BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
                 HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, NEED_BWD: tl.constexpr,
-                NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr):
-    """Phase C over the listed tiles: O = P V and, for the backward, U V with sum U, sum p log2 x and (p log2 x) V."""
+                NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr, FOLD: tl.constexpr):
+    """Phase C over the listed tiles: O = P V, U V with sum U (for the backward, and with sum P for the folded
+    Newton step), sum p log2 x and (p log2 x) V."""
     b_o = tl.zeros([BM, BD], dtype=tl.float32)
     b_o2 = tl.zeros([BM, BD], dtype=tl.float32)
     b_su = tl.zeros([BM], dtype=tl.float32)
     b_ent = tl.zeros([BM], dtype=tl.float32)
     b_o3 = tl.zeros([BM, BD], dtype=tl.float32)
+    b_sp = tl.zeros([BM], dtype=tl.float32)
     for j in range(0, cnt):
         n0 = tl.load(p_idx + j) * BN
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
@@ -383,20 +391,22 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
                 b_ent += tl.sum(b_pl, 1)
                 if O3_FWD:
                     b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-            if NEED_BWD:
+            if NEED_BWD or FOLD:
                 # softmax heads reuse O as O2 (u = p): the extra dot is only for entmax heads (POW_ANY: computed,
                 # then replaced after the loop)
                 b_o2 += tl.dot(b_u.to(b_v.dtype), b_v, input_precision=DOT_PREC)
                 b_su += tl.sum(b_u, 1)
+            if FOLD:
+                b_sp += tl.sum(b_p, 1)
         b_o += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-    return b_o, b_o2, b_su, b_ent, b_o3
+    return b_o, b_o2, b_su, b_ent, b_o3, b_sp
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
 def adasplash_fwd_kernel(
     q, k, v, o, o2, o3, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, NQ, NK, W, NMB, NKB,
+    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
@@ -406,6 +416,7 @@ def adasplash_fwd_kernel(
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
+    FOLD: tl.constexpr = True,
 ):
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
                                                                              BM, IS_VARLEN)
@@ -448,7 +459,7 @@ def adasplash_fwd_kernel(
                              HAS_KPM, HAS_SOFTCAP, DOT_PREC)
         b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
-                                         pm1, is_soft, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                         pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                          HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
@@ -463,33 +474,41 @@ def adasplash_fwd_kernel(
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_ANY)
+                          NEED_ENT, O3_FWD, POW_ANY, FOLD)
     elif is_soft:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_SOFTMAX)
+                          NEED_ENT, O3_FWD, POW_SOFTMAX, FOLD)
     elif pm1 == 1.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_SQUARE)
+                          NEED_ENT, O3_FWD, POW_SQUARE, FOLD)
     elif pm1 == 0.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_LINEAR)
+                          NEED_ENT, O3_FWD, POW_LINEAR, FOLD)
     elif pm1 > 32.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_NEAR1)
+                          NEED_ENT, O3_FWD, POW_NEAR1, FOLD)
     else:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
-                          NEED_ENT, O3_FWD, POW_GENERAL)
-    b_o, b_o2, b_su, b_ent, b_o3 = res
+                          NEED_ENT, O3_FWD, POW_GENERAL, FOLD)
+    b_o, b_o2, b_su, b_ent, b_o3, b_sp = res
+    if FOLD:
+        # the last Newton step on sum p = 1, made here to first order instead of by one more tau pass: with
+        # c = (sum p - 1) / sum u, tau moves by c (alpha - 1) and P V by -c U V (d p / d tau = -u / (alpha - 1))
+        fold_ok = (b_su > 0) & (tl.abs(b_sp - 1.0) <= FOLD_MAX_DEFECT)
+        b_c = tl.where(fold_ok, (b_sp - 1.0) / tl.where(b_su > 0, b_su, 1.0), 0.0)
+        b_c = tl.where(is_soft, 0.0, b_c)
+        b_o -= b_c[:, None] * b_o2
+        b_tau += b_c * a_m1
 
     o_ptrs = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
     tl.store(o + o_ptrs, b_o.to(o.dtype.element_ty), mask=m_qd)
@@ -501,9 +520,10 @@ def adasplash_fwd_kernel(
         tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
         if not SOLVED:
             tl.store(tau + p_row, b_m, mask=m_row)
-            tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
             tl.store(p_thr, thr)
             tl.store(p_cnt, cnt)
+        if FOLD or not SOLVED:
+            tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
         if NEED_ENT:
             # sum p log p, log p = ln(x) / (alpha - 1); O3 stays in log2 x units (the backward scales its dot)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)

@@ -34,7 +34,7 @@ from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_pass_args, ti
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
             "tile_idx": "*i32", "tile_cnt": "*i32", "cu_seqlens_q": "*i32", "cu_seqlens_k": "*i32", "q_pos": "*i32",
             "k_pos": "*i32", "kpm": "*u8", "delta": "*fp32", "dalpha_row": "*fp32", "q_list": "*i32"}
-SCALARS = {"scale": "fp32", "softcap": "fp32"}
+SCALARS = {"scale": "fp32", "softcap": "fp32", "fold_lo": "fp32", "fold_hi": "fp32"}
 FLAGS = {"IS_CAUSAL": True, "HAS_WINDOW": False, "HAS_POS": False, "HAS_KPM": False, "HAS_SOFTCAP": False,
          "IS_VARLEN": False, "DOT_PREC": "tf32"}
 
@@ -81,8 +81,7 @@ def cases(D: int, t):
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
     fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
-               HALLEY_GENERAL=t.halley_general,
-               O3_FWD=t.o3_fwd)
+               HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
     if t.scan:
         yield "fwd scan (phase A)", adasplash_fwd_scan_kernel, base, t.scan_warps, t.scan_stages
     solve = t.scan and t.solve

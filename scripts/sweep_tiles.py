@@ -39,7 +39,7 @@ CASES = {
 }
 
 # cases that time only a few variants (the general power: MUFU-bound, the same kernels as the alpha = 1.5 case)
-CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill", "fused-A"}}
+CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill", "fused-A", "nofold"}}
 
 
 def variants(D: int) -> dict[str, object]:
@@ -84,6 +84,7 @@ def variants(D: int) -> dict[str, object]:
     for bn, tw in [(16, 4), (16, 8), (32, 4), (32, 8), (64, 8)]:
         if (bn, bn, tw, True) != (t.solve_bn, t.solve_bn_square, t.solve_warps, t.solve_late_sum):
             out[f"tau-late-n{bn}w{tw}"] = r(t, solve_bn=bn, solve_bn_square=bn, solve_warps=tw, solve_late_sum=True)
+    out["nofold" if t.fold else "fold"] = r(t, fold=not t.fold)  # tau's last Newton step in the output pass
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

@@ -7,6 +7,7 @@ Every case draws fresh inputs; outputs come from NaN-poisoned buffers (conftest)
 write fails the comparison.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -270,8 +271,6 @@ def test_alpha_only_training_and_transposed_layout():
 def test_dalpha_paths_agree(monkeypatch, dtype):
     # d(alpha)'s sum dP p log p: from the forward's O3 (D <= 64 on the GPU) or summed in the dq loop (D >= 80);
     # both on the same inputs, each against the float64 truth and against each other
-    import dataclasses
-
     from hf_adasplash.ops import tiling
 
     q, k, v = _grad_inputs(2, 4, 2, 40, 40, 32, dtype)
@@ -296,8 +295,6 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
     # phase A (row max, tile gaps) and phase B (tau, tile list) as their own kernels or inside the main one: the same
     # arithmetic, so bit-identical outputs, tau rows, tile lists and gradients; softmax, entmax and sparsemax heads,
     # padded keys
-    import dataclasses
-
     from hf_adasplash.ops import tiling
 
     q, k, v = _grad_inputs(2, 4, 2, 70, 70, 32, torch.float32)
@@ -367,3 +364,24 @@ def test_fixed_square_alpha_takes_its_own_tau_settings(monkeypatch):
     assert (outs["float"][0].double() - ref).abs().max().item() <= 2e-5
     for x, y in zip(outs["float"], outs["tensor"]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_output_pass_folds_in_the_last_tau_step(monkeypatch):
+    # the output pass makes one more Newton step from sums it has anyway (sum p, sum u, U V): with the tau loop
+    # stopped early (step tolerance 2^-3 instead of 2^-12) the folded output still matches the reference to fp32
+    # rounding, while the same early tau without the fold shows its error
+    from hf_adasplash.ops import tiling
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, 96, 32) for h in (4, 2, 2))
+    a = torch.tensor([1.25, 1.35, 1.5, 1.75], dtype=torch.float64)
+    ref = attention_reference(q.double(), k.double(), v.double(), a, is_causal=True)
+    monkeypatch.setattr(attention_ops, "fold_args", lambda t, need_bwd: {"fold_lo": 512.0, "fold_hi": 512.0})
+    errs = {}
+    for fold in (True, False):
+        variant = dataclasses.replace(tiling.tiles(32), fold=fold)
+        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
+        out = adasplash_attention_triton(q, k, v, a, is_causal=True).double()
+        errs[fold] = (out - ref).abs().amax(dim=(0, 2, 3)) / ref.abs().amax()
+    assert (errs[True] <= 2e-6).all(), errs[True]
+    assert errs[False].max() >= 1e-4, errs[False]  # the early stop did leave tau short
