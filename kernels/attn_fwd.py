@@ -193,8 +193,9 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         # unreliable (fp16 at alpha = 1.999 erred 1e-2 with 2^-6)
         tol = tl.maximum(TAU_TOL, TAU_TOL_HALF * tl.minimum(1.0, 2.0 * tl.minimum(a_m1, 1.0 - a_m1)))
     # the output pass makes one more (first-order) Newton step from the sums it computes anyway, so the loop may
-    # stop a step earlier: the tolerance grows by fold_lo (alpha <= 1.5) or fold_hi (1 without the fold)
-    tol = tol * tl.where(pm1 >= 1.0, fold_lo, fold_hi)
+    # stop a step earlier: from the second pass on (the first step, from m - 1, says little about the next one) the
+    # tolerance grows by fold_lo (alpha <= 1.5) or fold_hi (both 1 without the fold)
+    tol_fold = tol * tl.where(pm1 >= 1.0, fold_lo, fold_hi)
     if is_soft:
         thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
     else:
@@ -251,6 +252,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
             b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
             b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
             b_sc = tl.maximum(tl.abs(b_lo), 1.0)
+            tol_it = tl.where(it > 0, tol_fold, tol)
             if HALLEY:
                 # Halley: h''/(-2h') = (p-1)(S0 S2 - S1^2)/(2 S0 S1) >= 0 (Cauchy-Schwarz); steps past the root
                 # are caught by the bracket [lo, hi) and fall back to the certified Newton point
@@ -266,11 +268,11 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
                 b_new = b_tau + tl.where(b_den > 0.25, b_dn / b_den, b_dn)
                 b_new = tl.where((b_new >= b_lo) & (b_new < b_hi), b_new, b_lo)
                 # converged: the step is tiny, or Newton's own error after it (r dn^2) is far below the tolerance
-                b_lim = tl.where(has_curv, tol * 1e-3 * b_sc, -1.0)  # no curvature: no error estimate
-                b_conv = (tl.abs(b_new - b_tau) <= tol * b_sc) | (b_r * b_dn * b_dn <= b_lim)
+                b_lim = tl.where(has_curv, tol_it * 1e-3 * b_sc, -1.0)  # no curvature: no error estimate
+                b_conv = (tl.abs(b_new - b_tau) <= tol_it * b_sc) | (b_r * b_dn * b_dn <= b_lim)
             else:
                 b_new = b_lo
-                b_conv = b_new - b_tau <= tol * b_sc
+                b_conv = b_new - b_tau <= tol_it * b_sc
             b_tau = tl.where(ok, b_new, b_tau)
             it += 1
             go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)

@@ -43,6 +43,9 @@ class Tiles:
     # (solve_bn, solve_warps, solve_late_sum) when every head's alpha is known on the host to be 1.5 or 2
     square_solve: tuple[int, int, bool] | None = None
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
+    # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
+    fold_tol_inference: tuple[float, float] = (16.0, 4.0)
+    fold_tol_training: tuple[float, float] = (4.0, 4.0)
 
 
 def tiles(head_dim: int) -> Tiles:
@@ -68,17 +71,14 @@ def tiles(head_dim: int) -> Tiles:
     return Tiles(64, 32, BD, 4, 2, 4, 1, 16, 32, 32, o3_fwd=False)
 
 
-# How much looser the tau loop's step tolerance is when the output pass folds in the last step, for alpha <= 1.5
-# and alpha > 1.5. Float64 simulation of the loop (bench/NOTES.md v9): at inference 16 / 4 saves one of three passes
-# at alpha 1.25-1.5 for an output error <= 1e-4; a backward also reads U V at the loop's tau (O2, whose error grows
-# with the skipped step: 1e-2 at 16), hence 4 / 4 there (O2 error <= 2e-3)
-FOLD_TOL_INFERENCE = (16.0, 4.0)
-FOLD_TOL_TRAINING = (4.0, 4.0)
-
-
 def fold_args(t: Tiles, need_bwd: bool) -> dict[str, float]:
-    """The tau loop's tolerance multipliers (kernel arguments ``fold_lo``, ``fold_hi``) and the output pass's flag."""
-    lo, hi = (FOLD_TOL_TRAINING if need_bwd else FOLD_TOL_INFERENCE) if t.fold else (1.0, 1.0)
+    """The tau loop's tolerance multipliers as kernel arguments ``fold_lo``, ``fold_hi``.
+
+    Float64 simulation of the loop (bench/NOTES.md v9): at inference 16 / 4 saves one of three passes at alpha
+    1.25-1.5 for an output error <= 1e-4. A backward also reads U V at the loop's tau (O2, whose error grows with the
+    step the fold makes: 1e-2 at 16), hence 4 / 4 in training (O2 error <= 2e-3).
+    """
+    lo, hi = (t.fold_tol_training if need_bwd else t.fold_tol_inference) if t.fold else (1.0, 1.0)
     return {"fold_lo": lo, "fold_hi": hi}
 
 
