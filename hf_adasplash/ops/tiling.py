@@ -45,7 +45,7 @@ class Tiles:
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
     # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
     fold_tol_inference: tuple[float, float] = (16.0, 4.0)
-    fold_tol_training: tuple[float, float] = (4.0, 4.0)
+    fold_tol_training: tuple[float, float] = (16.0, 4.0)
 
 
 def tiles(head_dim: int) -> Tiles:
