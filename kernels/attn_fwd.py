@@ -18,9 +18,11 @@ B. The candidate tiles (``g > -1``, as tau >= m - 1) are compacted into a list o
    then compacted again to the tiles that beat the final threshold. By default this phase is its own kernel too
    (``adasplash_fwd_tau_kernel``, ``SOLVED``): its 3-4 dense passes are most of the forward on dense rows, and they
    need no output accumulators.
-C. Output over that list: ``O = P V`` and, when a backward follows, ``O2 = U V / sum U`` with ``U = p^(2-alpha)``
-   (the backward's ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the
-   same list). When alpha needs a gradient, also the row term ``sum p log p`` and (``O3_FWD``) ``O3 = (p log2 x) V``:
+C. Output over that list: ``O = P V``, ``U V`` and ``sum U`` with ``U = p^(2-alpha)``, and ``sum p``. With ``FOLD``
+   the pass makes tau's last Newton step itself, to first order: ``c = (sum p - 1) / sum U``, ``O -= c U V``,
+   ``tau += c (alpha - 1)``; the tau loop may then stop a step earlier (its tolerance times ``fold_lo``/``fold_hi``
+   from the second pass on). When a backward follows it also stores ``O2 = U V / sum U`` (the backward's
+   ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the same list). When alpha needs a gradient, also the row term ``sum p log p`` and (``O3_FWD``) ``O3 = (p log2 x) V``:
    the backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, with no per-element log in the dq loop.
    A third output accumulator costs registers: the launch settings choose per head dim (``Tiles.o3_fwd``).
 """
