@@ -508,10 +508,18 @@ def adasplash_fwd_kernel(
     if FOLD:
         # the last Newton step on sum p = 1, made here to first order instead of by one more tau pass: with
         # c = (sum p - 1) / sum u, tau moves by c (alpha - 1) and P V by -c U V (d p / d tau = -u / (alpha - 1))
-        fold_ok = (b_su > 0) & (tl.abs(b_sp - 1.0) <= FOLD_MAX_DEFECT)
-        b_c = tl.where(fold_ok, (b_sp - 1.0) / tl.where(b_su > 0, b_su, 1.0), 0.0)
+        b_cn = (b_sp - 1.0) / tl.where(b_su > 0, b_su, 1.0)
+        b_c = tl.where((b_su > 0) & (tl.abs(b_sp - 1.0) <= FOLD_MAX_DEFECT), b_cn, 0.0)
         b_c = tl.where(is_soft, 0.0, b_c)
         b_o -= b_c[:, None] * b_o2
+        if NEED_BWD:
+            # the same step is exact Newton on the convex decreasing sum p - 1, which lands left of the root from
+            # any point: a certified bound, one step tighter than the tau kernel's, so the list the backward walks
+            # shrinks to the tiles that beat it (the loop stopped a pass earlier than without the fold)
+            b_lo = tl.where(b_su > 0, b_tau + b_cn * a_m1, float("inf"))
+            thr = tl.where(is_soft, thr, tl.maximum(thr, tl.min(b_lo, 0)))
+            tl.debug_barrier()  # every thread is done with the list before it is compacted in place
+            cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         b_tau += b_c * a_m1
 
     o_ptrs = i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :]
@@ -524,10 +532,10 @@ def adasplash_fwd_kernel(
         tl.store(o2 + o_ptrs, b_o2.to(o2.dtype.element_ty), mask=m_qd)
         if not SOLVED:
             tl.store(tau + p_row, b_m, mask=m_row)
-            tl.store(p_thr, thr)
-            tl.store(p_cnt, cnt)
         if FOLD or not SOLVED:
             tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
+            tl.store(p_thr, thr)
+            tl.store(p_cnt, cnt)
         if NEED_ENT:
             # sum p log p, log p = ln(x) / (alpha - 1); O3 stays in log2 x units (the backward scales its dot)
             tl.store(ent + p_row, b_ent * (LN2 / a_m1), mask=m_row)

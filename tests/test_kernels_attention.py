@@ -385,3 +385,40 @@ def test_output_pass_folds_in_the_last_tau_step(monkeypatch):
         errs[fold] = (out - ref).abs().amax(dim=(0, 2, 3)) / ref.abs().amax()
     assert (errs[True] <= 2e-6).all(), errs[True]
     assert errs[False].max() >= 1e-4, errs[False]  # the early stop did leave tau short
+
+
+@pytest.mark.parametrize("pos", [0.0, 1.5])
+def test_folded_step_tightens_the_backward_tile_list(monkeypatch, pos):
+    # in training the folded step is also a certified bound (Newton on the convex sum p - 1 lands left of tau), so
+    # the list the backward walks is compacted again: after an early stop its threshold is tighter than the tau
+    # kernel's (random inputs; local ones have one-hot rows, whose bound m - 1 is exact), the list never longer,
+    # and it still holds every tile where exact (float64) entmax has support (local inputs: some tiles empty)
+    from hf_adasplash.cli.bench import make_inputs
+    from hf_adasplash.entmax import entmax
+    from hf_adasplash.ops import tiling
+
+    torch.manual_seed(0)
+    q, k, v = make_inputs(1, 4, 2, 128, 128, 32, pos, torch.float32, "cpu")
+    a = torch.tensor([1.25, 1.35, 1.5, 1.75], dtype=torch.float64)
+    monkeypatch.setattr(attention_ops, "fold_args", lambda t, need_bwd: {"fold_lo": 512.0, "fold_hi": 512.0})
+    lists = {}
+    for fold in (True, False):
+        variant = dataclasses.replace(tiling.tiles(32), fold=fold)
+        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
+        fwd = torch.ops.hf_adasplash.attn_fwd(q, k, v, a, None, None, None, None, None, 128, 128, True, 32**-0.5, -1,
+                                              0.0, True, True)
+        lists[fold] = (fwd[6], fwd[7], fwd[8])
+    thr, idx, cnt = lists[True]
+    assert (thr >= lists[False][0]).all() and (cnt <= lists[False][2]).all()
+    if pos == 0.0:
+        assert (thr > lists[False][0]).any()
+    else:
+        assert cnt.sum() < 40  # of 40 visible tiles
+    s = q.double() @ k.double().repeat_interleave(2, dim=1).transpose(-1, -2) * 32**-0.5
+    s = s.masked_fill(~torch.ones(128, 128, dtype=torch.bool).tril(), float("-inf"))
+    p = entmax(s, a[:, None, None], dim=-1)
+    support = (p > 0).unflatten(2, (4, 32)).unflatten(-1, (4, 32)).any(-1).any(-2)[0]  # [H, query block, key tile]
+    for h in range(4):
+        for i in range(4):
+            listed = set(idx[h, i, : cnt[h, i]].tolist())
+            assert set(support[h, i].nonzero().flatten().tolist()) <= listed, (h, i)
