@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Float64 simulation of the forward's tau loop, with and without the output pass's folded Newton step (NOTES v9).
+
+Follows the kernel's rules per query block: start at m - 1, Halley steps bracketed by the Newton point, stop when
+every row's step is below the tolerance (bf16/fp16: 2^-6 scaled towards alpha = 1 and 2; fp32: 2^-12). The fold
+variant stops at the first pass (from the second on) whose steps are all below ``mult`` x the tolerance, then
+makes the output pass's first-order step. Prints passes per block and the output / O2 / tau errors against the
+exact entmax, for random causal inputs (``--temp`` scales the scores).
+
+    python scripts/tau_fold_sim.py --alphas 1.25,1.5,1.75 --mult 16
+"""
+
+import argparse
+
+import numpy as np
+
+
+def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((n, d)) for _ in range(3))
+    am1, p = alpha - 1.0, 1.0 / (alpha - 1.0)
+    pm1 = p - 1.0
+    z = np.where(np.tril(np.ones((n, n), bool)), am1 * temp * (q @ k.T) / np.sqrt(d), -np.inf)
+    z = z - z.max(1, keepdims=True)  # tau as an offset from the row max, as the kernels carry it
+    tol = max(2.0**-12, 2.0**-6 * min(1.0, 2 * min(am1, 1 - am1))) if half else 2.0**-12
+
+    def sums(zb, t):
+        x = np.maximum(zb - t[:, None], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.where(x > 0, x**pm1, 0.0)
+            u2 = np.where(x > 0, x ** (pm1 - 1), 0.0)
+        return (u * x).sum(1), u.sum(1), u2.sum(1), x, u
+
+    lo, hi = -np.ones(n), np.zeros(n)  # exact tau by bisection
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        big = sums(z, mid)[0] > 1
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+    s0, s1, _, x, u = sums(z, (lo + hi) / 2)
+    o_ex, o2_ex = (u * x) @ v, (u @ v) / s1[:, None]
+
+    passes = {"loop": [], "fold": []}
+    o_loop, o_fold, o2_fold = np.zeros_like(o_ex), np.zeros_like(o_ex), np.zeros_like(o_ex)
+    for b0 in range(0, n, bm):
+        zb = z[b0:b0 + bm]
+        t, t_lo, t_hi = -np.ones(len(zb)), -np.ones(len(zb)), np.zeros(len(zb))
+        hist, stop = [t.copy()], None
+        for it in range(64):
+            s0, s1, s2, _, _ = sums(zb, t)
+            dn = (s0 - s0 ** (1 - am1)) / s1  # Newton on h = S0^(alpha-1) - 1
+            t_lo = np.maximum(t_lo, t + dn)
+            t_hi = np.where(s0 < 1, np.minimum(t_hi, t), t_hi)
+            r = np.maximum(pm1 * (s0 * s2 - s1 * s1) / (2 * s0 * s1), 0.0) if pm1 != 0 else np.zeros_like(t)
+            den = 1 - dn * r
+            new = t + np.where(den > 0.25, dn / den, dn)
+            new = np.where((new >= t_lo) & (new < t_hi), new, t_lo)
+            step = np.abs(new - t)
+            t = new
+            hist.append(t.copy())
+            if stop is None and it > 0 and (step <= mult * tol).all():
+                stop = it + 1
+            if ((step <= tol) | (r * dn * dn <= tol * 1e-3)).all():
+                break
+        passes["loop"].append(len(hist) - 1)
+        passes["fold"].append(stop or len(hist) - 1)
+        o_loop[b0:b0 + bm] = sums(zb, np.maximum(t, t_lo))[3] ** p @ v
+        s0, s1, _, x, u = sums(zb, hist[passes["fold"][-1]])
+        o_fold[b0:b0 + bm] = (u * x) @ v - ((s0 - 1) / s1)[:, None] * (u @ v)
+        o2_fold[b0:b0 + bm] = (u @ v) / s1[:, None]
+    scale = np.abs(o_ex).max()
+    return {"passes_loop": np.mean(passes["loop"]), "passes_fold": np.mean(passes["fold"]),
+            "err_loop": np.abs(o_loop - o_ex).max() / scale, "err_fold": np.abs(o_fold - o_ex).max() / scale,
+            "o2_err_fold": np.abs(o2_fold - o2_ex).max()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alphas", default="1.1,1.25,1.35,1.5,1.65,1.8")
+    ap.add_argument("--mult", type=float, default=16.0, help="the fold's tolerance multiplier")
+    ap.add_argument("--fp32", action="store_true", help="the fp32 tolerance (default: bf16/fp16's)")
+    ap.add_argument("--temp", type=float, default=1.0, help="score scale (sharper rows above 1)")
+    ap.add_argument("-n", type=int, default=1024)
+    args = ap.parse_args()
+    for alpha in (float(a) for a in args.alphas.split(",")):
+        res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp)
+        print(f"alpha {alpha:.3f} " + " ".join(f"{k} {v:.3g}" for k, v in res.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
