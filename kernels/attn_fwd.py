@@ -22,8 +22,10 @@ C. Output over that list: ``O = P V``, ``U V`` and ``sum U`` with ``U = p^(2-alp
    the pass makes tau's last Newton step itself, to first order: ``c = (sum p - 1) / sum U``, ``O -= c U V``,
    ``tau += c (alpha - 1)``; the tau loop may then stop a step earlier (its tolerance times ``fold_lo``/``fold_hi``
    from the second pass on). When a backward follows it also stores ``O2 = U V / sum U`` (the backward's
-   ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the same list). When alpha needs a gradient, also the row term ``sum p log p`` and (``O3_FWD``) ``O3 = (p log2 x) V``:
-   the backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, with no per-element log in the dq loop.
+   ``delta = dO . O2``), tau, the block's threshold and the list's length (the backward walks the same list, compacted
+   again with the folded step as its bound). When alpha needs a gradient, also the row term ``sum p log p`` and
+   (``O3_FWD``) ``O3 = (p log2 x) V``: the backward's ``sum_j dP_j p_j log p_j`` is then ``dO . O3`` per row, with
+   no per-element log in the dq loop.
    A third output accumulator costs registers: the launch settings choose per head dim (``Tiles.o3_fwd``).
 """
 
@@ -175,9 +177,8 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
 @triton.jit
 def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
               p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, fold_lo, fold_hi, BM: tl.constexpr,
-              BN: tl.constexpr,
-              BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              HAS_POS: tl.constexpr,
+              BN: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
               CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
@@ -355,8 +356,9 @@ def adasplash_fwd_tau_kernel(
     b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
                                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
-                                     pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                     HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
+                                     pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                                     HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL,
+                                     LATE_SUM)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -366,9 +368,10 @@ def adasplash_fwd_tau_kernel(
 @triton.jit
 def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
                 k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
-                BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
-                HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, NEED_BWD: tl.constexpr,
-                NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr, FOLD: tl.constexpr):
+                BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr,
+                NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr,
+                FOLD: tl.constexpr):
     """Phase C over the listed tiles: O = P V, U V with sum U (for the backward, and with sum P for the folded
     Newton step), sum p log2 x and (p log2 x) V."""
     b_o = tl.zeros([BM, BD], dtype=tl.float32)
@@ -463,8 +466,9 @@ def adasplash_fwd_kernel(
                              HAS_KPM, HAS_SOFTCAP, DOT_PREC)
         b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
-                                         pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                         HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM)
+                                         pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
+                                         HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
+                                         HALLEY_GENERAL, LATE_SUM)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, near 1, general): a runtime branch inside the loop would keep
@@ -514,8 +518,8 @@ def adasplash_fwd_kernel(
         b_o -= b_c[:, None] * b_o2
         if NEED_BWD:
             # the same step is exact Newton on the convex decreasing sum p - 1, which lands left of the root from
-            # any point: a certified bound, one step tighter than the tau kernel's, so the list the backward walks
-            # shrinks to the tiles that beat it (the loop stopped a pass earlier than without the fold)
+            # any point: a certified bound, one step tighter than the tau kernel's (whose loop stopped a pass early),
+            # so the list the backward walks keeps only the tiles that beat it
             b_lo = tl.where(b_su > 0, b_tau + b_cn * a_m1, float("inf"))
             thr = tl.where(is_soft, thr, tl.maximum(thr, tl.min(b_lo, 0)))
             tl.debug_barrier()  # every thread is done with the list before it is compacted in place

@@ -24,7 +24,7 @@ gref = torch.autograd.grad(ref, (q, k, v, a), g.double())
 ref = ref.detach()
 base = tiling.tiles(D)
 variants = {"nofold": dataclasses.replace(base, fold=False), "default": base,
-            "fold-train4": dataclasses.replace(base, fold_tol_training=(4.0, 4.0))}
+            "fold-tol4": dataclasses.replace(base, fold_tol=(4.0, 4.0))}
 
 
 def rel(x, y, dims=(0, 2, 3)):

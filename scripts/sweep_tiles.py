@@ -86,8 +86,8 @@ def variants(D: int) -> dict[str, object]:
             out[f"tau-late-n{bn}w{tw}"] = r(t, solve_bn=bn, solve_bn_square=bn, solve_warps=tw, solve_late_sum=True)
     out["nofold" if t.fold else "fold"] = r(t, fold=not t.fold)  # tau's last Newton step in the output pass
     for lo in (4.0, 16.0):
-        if (lo, 4.0) != t.fold_tol_training:
-            out[f"fold-train{lo:g}"] = r(t, fold_tol_training=(lo, 4.0))
+        if (lo, 4.0) != t.fold_tol:
+            out[f"fold-tol{lo:g}"] = r(t, fold_tol=(lo, 4.0))
     out["nospill"] = r(t, fwd_ent_warps=8, fwd_ent_stages=3, BMQ=64, BNS=t.BN, bwd_warps=8, BMS=64,
                        dkv_warps=8, dkv_stages=dkv_s)
     return out

@@ -376,7 +376,7 @@ def test_output_pass_folds_in_the_last_tau_step(monkeypatch):
     q, k, v = (torch.randn(1, h, 96, 32) for h in (4, 2, 2))
     a = torch.tensor([1.25, 1.35, 1.5, 1.75], dtype=torch.float64)
     ref = attention_reference(q.double(), k.double(), v.double(), a, is_causal=True)
-    monkeypatch.setattr(attention_ops, "fold_args", lambda t, need_bwd: {"fold_lo": 512.0, "fold_hi": 512.0})
+    monkeypatch.setattr(attention_ops, "fold_args", lambda t: {"fold_lo": 512.0, "fold_hi": 512.0})
     errs = {}
     for fold in (True, False):
         variant = dataclasses.replace(tiling.tiles(32), fold=fold)
@@ -400,7 +400,7 @@ def test_folded_step_tightens_the_backward_tile_list(monkeypatch, pos):
     torch.manual_seed(0)
     q, k, v = make_inputs(1, 4, 2, 128, 128, 32, pos, torch.float32, "cpu")
     a = torch.tensor([1.25, 1.35, 1.5, 1.75], dtype=torch.float64)
-    monkeypatch.setattr(attention_ops, "fold_args", lambda t, need_bwd: {"fold_lo": 512.0, "fold_hi": 512.0})
+    monkeypatch.setattr(attention_ops, "fold_args", lambda t: {"fold_lo": 512.0, "fold_hi": 512.0})
     lists = {}
     for fold in (True, False):
         variant = dataclasses.replace(tiling.tiles(32), fold=fold)
