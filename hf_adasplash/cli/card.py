@@ -25,8 +25,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    help="base model id for the card's metadata (default: the path recorded in finetune.json)")
     p.add_argument("--model-id", default=None,
                    help="how users load the model, e.g. a Hub repo id (default: the model folder)")
-    p.add_argument("--license", default="apache-2.0",
-                   help="license tag (default: apache-2.0, SmolLM2's; Gemma's is 'gemma')")
+    p.add_argument("--license", default=None,
+                   help="license tag (default: the offline base model's: apache-2.0 for SmolLM2, gemma for Gemma; "
+                   "else apache-2.0)")
     p.add_argument("--output", "-o", default=None,
                    help="card path (default: model_cards/<name>.md); use <model_dir>/README.md for the Hub")
 
@@ -120,12 +121,17 @@ def _alpha_recipe(r: dict) -> str:
     return f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
 
 
-def _base_model_id(path: str) -> str:
-    """The Hub id of an offline model (converted into the cache from its GGUF), else the recorded path."""
+def _offline_base(path: str):
+    """The offline model (converted into the cache from its GGUF) a recorded base path is, if any."""
     from hf_adasplash import assets
 
-    ids = {m.name: m.hub_id for m in assets.OFFLINE_MODELS.values()}
-    return ids.get(Path(path).name, path)
+    return next((m for m in assets.OFFLINE_MODELS.values() if m.name == Path(path).name), None)
+
+
+def _base_model_id(path: str) -> str:
+    """The Hub id of an offline model, else the recorded path."""
+    spec = _offline_base(path)
+    return spec.hub_id if spec else path
 
 
 def _images(paths: list[Path], card_dir: Path) -> str:
@@ -163,8 +169,10 @@ def run(args) -> int:
     # plots written next to the JSON by `sparsity` and `compare`, linked relative to the card
     sp_plots = sorted(Path(args.sparsity).parent.glob("*.png")) if args.sparsity else []
     cmp_plots = sorted(Path(args.compare).parent.glob("compare*.png")) if args.compare else []
+    base = _offline_base(read_json(model_dir / "finetune.json")["base_model"])
+    license = args.license or (base.license if base else "apache-2.0")
     card = render(model_dir, [read_json(p) for p in args.eval],
-                  read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model,
+                  read_json(args.sparsity) if args.sparsity else None, name, license, args.base_model,
                   args.model_id, read_json(args.compare) if args.compare else None,
                   _images(sp_plots, out.parent.resolve()), _images(cmp_plots, out.parent.resolve()))
     out.parent.mkdir(parents=True, exist_ok=True)
