@@ -9,8 +9,9 @@ Runs `accelerate launch scripts/finetune.py` four times with learned alpha in bf
 3. run 2 resumed from its mid-way checkpoint in a fresh folder: it must end with run 2's weights;
 4. (``--fsdp``) two GPUs under FSDP (full shard): it must finish, with alpha identical on both ranks.
 
-Writes ``summary.json`` (loss curves, gaps, alpha spread, weight difference after resume, tokens/s of each run) in
-``--out`` and exits non-zero when a check fails.
+Writes ``summary.json`` (loss curves, gaps, alpha spread, weight difference after resume, tokens/s of each run) and
+``loss_curves.png`` in ``--out`` and exits non-zero when a check fails (``--plot-only`` redraws the plot from a
+``summary.json``).
 
     python scripts/multigpu_check.py --model smollm2 --dataset shakespeare --context-length 2048 --out mg
 """
@@ -124,7 +125,39 @@ def check(args) -> dict:
             failures.append(f"fsdp: {fsdp['steps']} steps, alpha spread {fsdp['alpha_rank_spread']}")
     summary["failures"] = failures
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_curves(summary, out / "loss_curves.png")
     return summary
+
+
+def plot_curves(summary: dict, path: Path) -> Path:
+    """Training loss (the global batch's mean) per step of each launch, and the 2-GPU runs' difference to 1 GPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    one = summary["loss_one_gpu"]
+    runs = {"1 GPU": one, "2 GPUs, DDP": summary["loss_two_gpus"]}
+    if summary.get("loss_fsdp"):
+        runs["2 GPUs, FSDP"] = summary["loss_fsdp"]
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[2, 1])
+    for (name, c), color in zip(runs.items(), ("C0", "C1", "C2")):
+        steps = range(1, len(c) + 1)
+        ax.plot(steps, c, label=name, lw=1.2, color=color)
+        if c is not one:
+            dx.plot(steps, [b - a for a, b in zip(one, c)], label=f"{name} - 1 GPU", lw=1.0, color=color)
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{summary['model']} on {summary['dataset']}, {summary['context_length']} tokens, "
+                 f"global batch {summary['global_batch']}")
+    ax.legend()
+    dx.axhline(0.0, color="gray", lw=0.6)
+    dx.set_xlabel("optimizer step")
+    dx.set_ylabel("difference")
+    dx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> int:
@@ -144,10 +177,15 @@ def main(argv=None) -> int:
     p.add_argument("--resume-tol", type=float, default=1e-3, help="allowed weight gap after resuming")
     p.add_argument("--timeout", type=int, default=900, help="seconds per launch")
     p.add_argument("--out", required=True)
+    p.add_argument("--plot-only", action="store_true", help="only redraw loss_curves.png from --out's summary.json")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more finetune arguments")
     args = p.parse_args(argv)
     if args.extra and args.extra[0] == "--":
         args.extra = args.extra[1:]
+    if args.plot_only:
+        out = Path(args.out)
+        print(plot_curves(json.loads((out / "summary.json").read_text()), out / "loss_curves.png"))
+        return 0
     summary = check(args)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("loss_")}, indent=1))
     for f in summary["failures"]:

@@ -191,11 +191,12 @@ def test_multigpu_check_on_two_cpu_processes(tmp_path, tiny_model, corpus):
     assert summary["eval_loss_rel_gap"] <= 1e-4
     assert summary["alpha_rank_spread"] == 0.0 and summary["resume_max_weight_diff"] <= 1e-5
     assert summary["mean_alpha"]["one_gpu"] != 1.5
+    assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
 
 
 def test_card_names_an_offline_base_model_and_its_license(tmp_path):
     # a real run's summary (Gemma-3-270M on the GPU machine): its base path is the converted offline checkpoint
-    run = Path(__file__).resolve().parents[2] / "bench" / "finetune_h100" / "gemma3-wiki-4k-240steps" / "adasplash"
+    run = REPO / "bench" / "finetune_h100" / "gemma3-wiki-4k-240steps" / "adasplash"
     ft = tmp_path / "ft"
     ft.mkdir()
     shutil.copy(run / "finetune.json", ft / "finetune.json")
