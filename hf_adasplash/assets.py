@@ -88,16 +88,17 @@ MODEL_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gemma3": "gem
                  "gemma-3-270m": "gemma3"}
 
 
-def offline_model(alias: str) -> OfflineModel | None:
+def offline_model(alias: str, required: bool = False) -> OfflineModel | None:
+    """The offline model an alias names; None for other names, or a ``UserError`` listing them when ``required``."""
     key = MODEL_ALIASES.get(alias.lower())
+    if key is None and required:
+        raise UserError(f"no offline model {alias!r}: choose one of {', '.join(OFFLINE_MODELS)}")
     return OFFLINE_MODELS[key] if key else None
 
 
 def offline_model_path(alias: str, convert: bool = True) -> Path:
     """Plain HF checkpoint of an offline model (``smollm2``, ``gemma3``), converted from its GGUF on first use."""
-    spec = offline_model(alias)
-    if spec is None:
-        raise UserError(f"no offline model {alias!r}: choose one of {', '.join(OFFLINE_MODELS)}")
+    spec = offline_model(alias, required=True)
     out = cache_dir() / spec.name
     if (out / "config.json").is_file():
         return out

@@ -228,25 +228,25 @@ def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
     elif KIND == POW_LINEAR:
         b_u = tl.where(b_x > 0, 1.0, 0.0)
         b_u2 = tl.zeros_like(b_x)
-    elif NEED_U2:
-        # one exp2 for both: u2 = x^(p-2), then u = u2 x (two exp2 would make three special-function ops per
-        # element, which bound these passes). The log is taken at x >= 2^-64 so that u2 stays finite for p < 2
-        # (alpha > 1.5), where x^(p-2) grows as x -> 0; a nonzero x = z - tau is never that small (the top entry's
-        # x is >= N^(1-alpha), and the others differ from tau by at least its ulp)
-        b_xl = tl.maximum(b_x, MIN_LOG_X)
+    else:
+        b_xl = b_x
+        if NEED_U2:
+            # the log at x >= 2^-64 so that u2 = x^(p-2) stays finite for p < 2 (alpha > 1.5), where it grows as
+            # x -> 0; a nonzero x = z - tau is never that small (the top entry's x is >= N^(1-alpha), and the others
+            # differ from tau by at least its ulp)
+            b_xl = tl.maximum(b_x, MIN_LOG_X)
         if KIND == POW_NEAR1:
             b_l = log2_near1(b_xl)
         else:
             b_l = tl.log2(b_xl)
-        b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)
-        b_u = b_u2 * b_x
-    else:
-        if KIND == POW_NEAR1:
-            b_l = log2_near1(b_x)
+        if NEED_U2:
+            # one exp2 for both, u = u2 x: two exp2 would make three special-function ops per element, which bound
+            # these passes
+            b_u2 = tl.where(b_x > 0, tl.exp2((pm1 - 1.0) * b_l), 0.0)
+            b_u = b_u2 * b_x
         else:
-            b_l = tl.log2(b_x)
-        b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
-        b_u2 = tl.zeros_like(b_x)
+            b_u = tl.where(b_x > 0, tl.exp2(pm1 * b_l), 0.0)
+            b_u2 = tl.zeros_like(b_x)
     return b_u, b_u2
 
 

@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from profile_step import cuda_kernel_us  # scripts/ is on sys.path when run as a script
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -81,19 +81,13 @@ def sdpa(xs, train):
 
 
 def kernels(fn, reps=3):
-    fn()
+    fn()  # compiles, warms the allocator
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
     out = defaultdict(float)
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", 0)
-        if us > 0:
-            name = e.key if e.key.startswith("adasplash") else ("sdpa" if "sdpa" in e.key or "flash" in e.key
-                                                                  or "fmha" in e.key else "other")
-            out[name] += us / reps
+    for name, us in cuda_kernel_us(fn, reps).items():
+        if not name.startswith("adasplash"):
+            name = "sdpa" if any(k in name for k in ("sdpa", "flash", "fmha")) else "other"
+        out[name] += us
     return {k: round(v) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 

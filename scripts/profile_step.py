@@ -34,6 +34,22 @@ def group_of(name: str) -> str:
     return next((g for g, keys in GROUPS if any(k in low for k in keys)), "other")
 
 
+def cuda_kernel_us(fn, reps: int) -> dict[str, float]:
+    """CUDA time per kernel name (us), averaged over ``reps`` calls of ``fn`` under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    kernels = defaultdict(float)
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", 0)  # torch < 2.4 named it self_cuda_time_total
+        if us > 0:
+            kernels[evt.key] += us / reps
+    return kernels
+
+
 def build(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,19 +105,7 @@ def main(argv=None) -> int:
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - t0) / args.steps
 
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            step(model, ids, opt)
-        torch.cuda.synchronize()
-    kernels = defaultdict(float)
-    for evt in prof.key_averages():
-        us = getattr(evt, "self_device_time_total", None)
-        if us is None:
-            us = evt.self_cuda_time_total
-        if us > 0:
-            kernels[evt.key] += us / args.steps
+    kernels = cuda_kernel_us(lambda: step(model, ids, opt), args.steps)
     total = sum(kernels.values())
     groups = defaultdict(float)
     for name, us in kernels.items():

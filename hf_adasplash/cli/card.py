@@ -128,23 +128,21 @@ def _offline_base(path: str):
     return next((m for m in assets.OFFLINE_MODELS.values() if m.name == Path(path).name), None)
 
 
-def _base_model_id(path: str) -> str:
-    """The Hub id of an offline model, else the recorded path."""
-    spec = _offline_base(path)
-    return spec.hub_id if spec else path
-
-
 def _images(paths: list[Path], card_dir: Path) -> str:
     return "\n".join(f"![{p.stem.replace('_', ' ')}]({os.path.relpath(p, card_dir)})" for p in paths)
 
 
-def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str,
+def render(model_dir: Path, evals: list[dict], sparsity: dict | None, name: str, license: str | None = None,
            base_model: str | None = None, model_id: str | None = None, comparison: dict | None = None,
            sparsity_plots: str = "", comparison_plots: str = "") -> str:
+    """The card's markdown. Base model id and license default to the offline base model's (Hub id, its license tag),
+    else to the base path recorded in finetune.json and apache-2.0."""
     ft = read_json(model_dir / "finetune.json")
     r, hw = ft["recipe"], ft.get("hardware", {})
+    base = _offline_base(ft["base_model"])
     return string.Template(TEMPLATE.read_text()).substitute(
-        name=name, base_model=base_model or _base_model_id(ft["base_model"]), license=license,
+        name=name, base_model=base_model or (base.hub_id if base else ft["base_model"]),
+        license=license or (base.license if base else "apache-2.0"),
         version=hw.get("hf_adasplash", "?"),
         model_path=model_id or str(model_dir), dataset=r["dataset"], split=r["split"], tokens=f"{ft['tokens']:,}",
         steps=ft["steps"], batch=r["batch_size"] * r["grad_accum"] * ft.get("num_processes", 1),
@@ -169,10 +167,8 @@ def run(args) -> int:
     # plots written next to the JSON by `sparsity` and `compare`, linked relative to the card
     sp_plots = sorted(Path(args.sparsity).parent.glob("*.png")) if args.sparsity else []
     cmp_plots = sorted(Path(args.compare).parent.glob("compare*.png")) if args.compare else []
-    base = _offline_base(read_json(model_dir / "finetune.json")["base_model"])
-    license = args.license or (base.license if base else "apache-2.0")
     card = render(model_dir, [read_json(p) for p in args.eval],
-                  read_json(args.sparsity) if args.sparsity else None, name, license, args.base_model,
+                  read_json(args.sparsity) if args.sparsity else None, name, args.license, args.base_model,
                   args.model_id, read_json(args.compare) if args.compare else None,
                   _images(sp_plots, out.parent.resolve()), _images(cmp_plots, out.parent.resolve()))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hf_adasplash import assets
 
-    spec = assets.offline_model(args.model)
-    if spec is None:
-        raise assets.UserError(f"no offline model {args.model!r}: choose one of {', '.join(assets.OFFLINE_MODELS)}")
-    target = assets.cache_dir() / spec.name
+    target = assets.cache_dir() / assets.offline_model(args.model, required=True).name
     if args.force and target.exists():
         shutil.rmtree(target)
     existed = (target / "config.json").is_file()

@@ -145,7 +145,7 @@ def run(args) -> int:
 
     # The fine-tuned folder gets its model card (README.md, as on the Hub).
     (out / "model" / "README.md").write_text(render(out / "model", list(ppl.values()), stats,
-                                                    f"{Path(base).name}-adasplash-demo", "apache-2.0"))
+                                                    f"{Path(base).name}-adasplash-demo"))
     c.rule("done")
     c.print(f"[bold]report: {out / 'REPORT.md'}[/]  model: {tuned}  total {timings['total']} s")
     return 0
