@@ -2,7 +2,8 @@
 
 Runs the same under ``python``/``hf-adasplash finetune`` and ``accelerate launch`` (DDP, FSDP, multi-GPU): bf16
 autocast on GPU, fp32 on CPU, gradient accumulation, a separate learning rate for alpha, three alpha schedules
-(``fixed``, ``learned``, ``anneal``), periodic evaluation, atomic checkpoints with exact ``--resume``, TensorBoard.
+(``fixed``, ``learned``, ``anneal``; learned alpha optionally snapped to the kernels' fastest values and frozen
+after ``alpha_snap_step``), periodic evaluation, atomic checkpoints with exact ``--resume``, TensorBoard.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from hf_adasplash import checkpoints
 from hf_adasplash.assets import UserError
 
 SCHEDULES = ("fixed", "learned", "anneal")
+# alpha = 1 + 1/n: p = n, so x^p (and the tau passes' x^(p-1), x^(p-2)) needs no special-function op
+SNAP_GRID = (2.0, 1.5, 4 / 3, 1.25, 1.2)
 ATTNS = ("adasplash", "sdpa", "eager")
 
 
@@ -49,6 +52,9 @@ class FinetuneConfig:
     anneal_shape: str = "linear"
     min_alpha: float = 1.001
     max_alpha: float = 2.0
+    # learned schedule: after this optimizer step every head's alpha moves to the nearest of SNAP_GRID (the alphas
+    # whose powers the kernels take by multiplication alone) and stops learning
+    alpha_snap_step: int | None = None
     per_head: bool = True
     max_train_blocks: int | None = None
     eval_blocks: int = 16
@@ -82,6 +88,14 @@ class FinetuneConfig:
             raise UserError(f"--alpha must be in ({lo}, {hi}] (or 1.0 with the fixed schedule), got {self.alpha}")
         if self.alpha_schedule != "fixed" and not lo < self.alpha_init <= hi:
             raise UserError(f"--alpha-init must be in ({lo}, {hi}], got {self.alpha_init}")
+        if self.alpha_snap_step is not None:
+            if self.alpha_schedule != "learned" or self.attn != "adasplash":
+                raise UserError("--alpha-snap-step needs the learned alpha schedule and adasplash attention")
+            if not 0 < self.alpha_snap_step <= self.max_steps:
+                raise UserError(f"--alpha-snap-step must be in [1, max-steps = {self.max_steps}], "
+                                f"got {self.alpha_snap_step}")
+            if not snap_grid(self):
+                raise UserError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in ({lo}, {hi}]")
 
 
 def anneal_alpha(cfg: FinetuneConfig, step: int) -> float:
@@ -90,6 +104,25 @@ def anneal_alpha(cfg: FinetuneConfig, step: int) -> float:
     if cfg.anneal_shape == "cosine":
         frac = 0.5 * (1.0 - math.cos(math.pi * frac))
     return cfg.alpha_init + (cfg.alpha - cfg.alpha_init) * frac
+
+
+def snap_grid(cfg: FinetuneConfig) -> list[float]:
+    """The grid alphas a snap may choose: inside the learned alpha's bounds (min-alpha itself is excluded)."""
+    return [a for a in SNAP_GRID if cfg.min_alpha < a <= cfg.max_alpha]
+
+
+@torch.no_grad()
+def snap_alpha(model, cfg: FinetuneConfig) -> None:
+    """Every head's alpha to the nearest grid alpha (``snap_grid``), which then stops learning; idempotent."""
+    grid = torch.tensor(snap_grid(cfg), dtype=torch.float64)
+    for m in model.modules():
+        if hasattr(m, "adasplash_alpha"):
+            par = m.adasplash_alpha
+            alpha = par().detach().double().cpu().reshape(-1, 1)
+            near = grid[(alpha - grid).abs().argmin(dim=1)]
+            logits = torch.tensor([par.logit_for(float(a)) for a in near], dtype=par.logit.dtype)
+            par.logit.copy_(logits.reshape(par.logit.shape).to(par.logit.device))
+            par.logit.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -160,7 +193,12 @@ def _sparsity(model, block) -> dict:
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train and save to ``cfg.output_dir``; returns (and writes ``finetune.json``) the run summary."""
     from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        GradientAccumulationPlugin,
+        ProjectConfiguration,
+        set_seed,
+    )
     from transformers import AutoTokenizer, get_scheduler
 
     from hf_adasplash.data import load_text, pack
@@ -178,7 +216,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False),
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "runs")),
+        # a snapped alpha stops getting gradients mid-run: DDP must not wait for them
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.alpha_snap_step is not None)],
     )
+    if cfg.alpha_snap_step is not None and accelerator.distributed_type.value == "FSDP":
+        raise UserError("--alpha-snap-step is not supported under FSDP (it would freeze part of a flat parameter); "
+                        "use DDP or one process")
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # converts/caches the model and tokenizes the data once
         path = resolve_model(cfg.model)
@@ -209,10 +252,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         accelerator.load_state(str(ckpt))
         state = checkpoints.read_state(ckpt)
         accelerator.print(f"resumed from {ckpt} at step {state['step']}")
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.alpha_snap_step is not None and state["step"] >= cfg.alpha_snap_step:
+        snap_alpha(unwrapped, cfg)  # the checkpoint holds the snapped alphas; they stay frozen
     if cfg.report_to != "none":
         accelerator.init_trackers("finetune", config={k: v for k, v in asdict(cfg).items() if v is not None})
 
-    unwrapped = accelerator.unwrap_model(model)
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="finetune", disable=not (
         cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
@@ -242,6 +287,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
             state["step"] += 1
             bar.update(1)
             step = state["step"]
+            if step == cfg.alpha_snap_step:
+                snap_alpha(unwrapped, cfg)
+                accelerator.print(f"step {step}: alpha snapped to {', '.join(f'{a:.4g}' for a in snap_grid(cfg))} "
+                                  "and frozen")
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 state["train_seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()

@@ -34,6 +34,7 @@ import triton.language as tl
 from hf_adasplash.kernels.attn_utils import (
     POW_ANY,
     POW_GENERAL,
+    POW_INT,
     POW_LINEAR,
     POW_NEAR1,
     POW_SOFTMAX,
@@ -44,6 +45,7 @@ from hf_adasplash.kernels.attn_utils import (
     entmax_log2_of,
     entmax_u_u2_of,
     entmax_xup,
+    is_int_power,
     kv_range,
     prescale_q,
     query_block,
@@ -149,8 +151,8 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
     b_a1 = tl.zeros([BM, BNT], dtype=tl.float32)
     b_a2 = tl.zeros([BM, BNT], dtype=tl.float32)
     # each listed tile in slices of BNT keys: a [BM, BNT] score slice and its three powers are what the pass holds
-    # (the general power's log2/exp2 tiles at BNT = BN alone took 255 registers); alpha = 1.5 and 2, bound by the
-    # dots rather than the special-function units, take wider slices (BNT_SQ)
+    # (the general power's log2/exp2 tiles at BNT = BN alone took 255 registers); alpha = 1.5, 2 and 4/3 to 6/5,
+    # bound by the dots rather than the special-function units, take wider slices (BNT_SQ)
     for i_s in range(0, cnt * (BN // BNT)):
         n0 = tl.load(p_idx + i_s // (BN // BNT)) * BN + (i_s % (BN // BNT)) * BNT
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
@@ -238,6 +240,11 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
                                             BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
                                             POW_LINEAR, False, LATE_SUM)
+            elif is_int_power(pm1):
+                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
+                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
+                                            POW_INT, HALLEY, LATE_SUM)
             elif pm1 > 32.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
                                             b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
@@ -471,9 +478,10 @@ def adasplash_fwd_kernel(
                                          HALLEY_GENERAL, LATE_SUM)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
-    # one loop per alpha class (softmax, alpha = 1.5, 2, near 1, general): a runtime branch inside the loop would keep
-    # every class's tiles live at once. The rows are broadcast here, once: inside each branch, Triton 3.6's layout pass
-    # shared one hoisted copy between the branches and emitted invalid IR ("operand does not dominate this use")
+    # one loop per alpha class (softmax, alpha = 1.5, 2, 4/3 to 6/5, near 1, general): a runtime branch inside the
+    # loop would keep every class's tiles live at once. The rows are broadcast here, once: inside each branch, Triton
+    # 3.6's layout pass shared one hoisted copy between the branches and emitted invalid IR ("operand does not dominate
+    # this use")
     b_mc = b_m[:, None]
     b_tc = b_tau[:, None]
     if DOT_PREC == "ieee":
@@ -498,6 +506,11 @@ def adasplash_fwd_kernel(
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_LINEAR, FOLD)
+    elif is_int_power(pm1):
+        res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
+                          NEED_ENT, O3_FWD, POW_INT, FOLD)
     elif pm1 > 32.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,

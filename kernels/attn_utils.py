@@ -66,9 +66,21 @@ def alpha_terms(alpha, i_h):
     a_m1 = (tl.load(alpha + i_h) - 1.0).to(tl.float32)
     is_soft = a_m1 == 0.0
     a_m1 = tl.where(is_soft, 1.0, a_m1)
-    zs = tl.where(is_soft, 1.4426950408889634, a_m1)  # log2(e): softmax heads' scores in base-2 exponent units
     pm1 = 1.0 / a_m1 - 1.0  # exponent of u = x^(p-1) = p^(2-alpha)
+    # alpha = 1 + 1/n (n = 1..5) within float32 rounding (a learned alpha stored through a sigmoid lands a few ulps
+    # off): exactly that alpha, so the multiplication-only power classes take it
+    pm1_n = tl.floor(pm1 + 0.5)
+    on_grid = (tl.abs(pm1 - pm1_n) <= INT_POW_TOL) & (pm1_n <= 4.0)
+    pm1 = tl.where(on_grid, pm1_n, pm1)
+    a_m1 = tl.where(on_grid, 1.0 / (pm1_n + 1.0), a_m1)
+    zs = tl.where(is_soft, 1.4426950408889634, a_m1)  # log2(e): softmax heads' scores in base-2 exponent units
     return a_m1, is_soft, zs, pm1
+
+
+@triton.jit
+def is_int_power(pm1):
+    """alpha = 4/3, 5/4 or 6/5 (pm1 = 2, 3, 4): the ``POW_INT`` class."""
+    return (pm1 >= 2.0) & (pm1 <= 4.0) & (pm1 == tl.floor(pm1))
 
 
 @triton.jit
@@ -216,7 +228,12 @@ POW_LINEAR = tl.constexpr(2)  # alpha = 2: p = x, u = 1, no curvature
 POW_NEAR1 = tl.constexpr(3)  # alpha < 1.0303 (pm1 > 32): the general power with the accurate log2 near x = 1
 POW_SOFTMAX = tl.constexpr(4)  # alpha = 1: p = exp2(z - tau)
 POW_ANY = tl.constexpr(5)  # every class in one loop, chosen per element at run time
+POW_INT = tl.constexpr(6)  # alpha = 4/3, 5/4, 6/5 (pm1 = 2, 3, 4): u = x^pm1 by multiplications, where learned
+# alphas settle (1.25-1.45), for heads snapped to that grid
 MIN_LOG_X = tl.constexpr(5.421010862427522e-20)  # 2^-64
+# |pm1 - n| this small counts as n: alpha = 6/5 stored a few float32 ulps off moves pm1 by ~6e-6 (d pm1/d alpha =
+# -25 there); taking p = n instead then changes p by ~1e-6 relative
+INT_POW_TOL = tl.constexpr(1.52587890625e-05)  # 2^-16
 
 
 @triton.jit
@@ -228,6 +245,16 @@ def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
     elif KIND == POW_LINEAR:
         b_u = tl.where(b_x > 0, 1.0, 0.0)
         b_u2 = tl.zeros_like(b_x)
+    elif KIND == POW_INT:
+        # u2 = x^(pm1-1): x, x^2 or x^3, no special-function op at all; the branch is on a per-head scalar and
+        # holds one tile besides x (selects between precomputed powers spilled the D = 128 tau kernel)
+        if pm1 == 2.0:
+            b_u2 = b_x
+        elif pm1 == 3.0:
+            b_u2 = b_x * b_x
+        else:
+            b_u2 = b_x * b_x * b_x
+        b_u = b_u2 * b_x
     else:
         b_xl = b_x
         if NEED_U2:
@@ -288,13 +315,15 @@ def entmax_log2_of(b_x, pm1, KIND: tl.constexpr):
 def entmax_u(b_x, pm1):
     """u = x^(1/(alpha-1) - 1) for clamped x >= 0 (0 off the support), so that p = u * x.
 
-    alpha = 1.5 (u = x) and alpha = 2 (u = 1) skip the two transcendental ops per element that the general power
-    costs: on Hopper the special-function units, not the tensor cores, bound these passes.
+    alpha = 1.5 (u = x), 2 (u = 1) and 4/3, 5/4, 6/5 (u = x^2, x^3, x^4) skip the two transcendental ops per element
+    that the general power costs: on Hopper the special-function units, not the tensor cores, bound these passes.
     """
     if pm1 == 1.0:
         b_u = b_x
     elif pm1 == 0.0:
         b_u = tl.where(b_x > 0, 1.0, 0.0)
+    elif is_int_power(pm1):
+        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, POW_INT, False)
     else:
         b_u = tl.where(b_x > 0, tl.exp2(pm1 * entmax_log2(b_x, pm1)), 0.0)
     return b_u

@@ -90,6 +90,8 @@ CASES = [
     pytest.param((1, 1, 1, 40, 40, 32), 2.0, False, id="sparsemax-noncausal"),
     pytest.param((1, 1, 1, 40, 40, 32), 1.25, True, id="a1.25-causal"),
     pytest.param((1, 4, 2, 48, 48, 32), (1.0, 1.25, 1.5, 2.0), True, id="per-head-mix-gqa"),
+    # 4/3 and 1.2 are float32-rounded (the multiplication-only powers take them), 1.3 is general
+    pytest.param((1, 4, 2, 48, 48, 32), (4 / 3, 1.25, 1.2, 1.3), True, id="per-head-int-powers-gqa"),
     pytest.param((1, 2, 1, 20, 70, 32), 1.5, True, id="causal-bottom-right-Nq<Nk"),
     pytest.param((1, 2, 1, 70, 20, 32), 1.5, True, id="causal-Nq>Nk-empty-rows"),
     pytest.param((1, 2, 2, 33, 57, 32), 1.75, False, id="noncausal-Nq!=Nk"),
@@ -106,7 +108,7 @@ def test_dense_fp32(shape, alpha, causal):
     _compare(tri, ref, _grad_inputs(B, H, Hkv, Nq, Nk, D, torch.float32), _alpha(alpha, H), torch.float32)
 
 
-@pytest.mark.parametrize("alpha", [1.5, 1.0])
+@pytest.mark.parametrize("alpha", [1.5, 1.0, (4 / 3, 1.25)])
 def test_dense_fp16(alpha):
     tri, ref = _dense(**_full_kw(is_causal=True))
     _compare(tri, ref, _grad_inputs(1, 2, 1, 64, 64, 32, torch.float16), _alpha(alpha, 2), torch.float16)

@@ -118,7 +118,11 @@ def _alpha_recipe(r: dict) -> str:
         return f"fixed at {r['alpha']}"
     if r["alpha_schedule"] == "anneal":
         return f"annealed from {r['alpha_init']} to {r['alpha']}"
-    return f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
+    learned = f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
+    if r.get("alpha_snap_step"):
+        learned += (f", then after step {r['alpha_snap_step']} snapped to the nearest of 2, 1.5, 4/3, 1.25, 1.2 "
+                    "(powers without special functions) and frozen")
+    return learned
 
 
 def _offline_base(path: str):

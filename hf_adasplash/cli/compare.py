@@ -35,6 +35,8 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-alpha", type=float, default=1.25,
                    help="learned alpha stays >= this (default: 1.25; the loss alone pulls alpha down, towards softmax)")
     p.add_argument("--max-alpha", type=float, default=2.0, help="learned alpha stays <= this (default: 2.0)")
+    p.add_argument("--alpha-snap-step", type=positive_int, default=None,
+                   help="after this step the learned alphas snap to the kernels' fast grid and freeze (see finetune)")
     p.add_argument("--warmup-steps", type=int, default=8, help="linear warm-up steps of both runs (default: 8)")
     p.add_argument("--eval-tokens", type=positive_int, default=None, help="held-out tokens scored (default: all)")
     p.add_argument("--sparsity-sequences", type=positive_int, default=4,
@@ -98,6 +100,8 @@ def run(args) -> int:
         recipe.append("--gradient-checkpointing")
     learned = ["--alpha-schedule", "learned", "--alpha-init", str(args.alpha_init), "--alpha-lr", str(args.alpha_lr),
                "--min-alpha", str(args.min_alpha), "--max-alpha", str(args.max_alpha)]
+    if args.alpha_snap_step:
+        learned += ["--alpha-snap-step", str(args.alpha_snap_step)]
     held_out = [*data, "--split", args.eval_split, "--context-length", str(args.context_length)]
     if args.eval_tokens:
         held_out += ["--max-tokens", str(args.eval_tokens)]

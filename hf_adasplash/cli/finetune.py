@@ -37,6 +37,10 @@ def build_parser(p: argparse.ArgumentParser) -> None:
                    help=f"lower bound of alpha (default: {C.min_alpha})")
     g.add_argument("--max-alpha", type=float, default=C.max_alpha,
                    help=f"upper bound of alpha (default: {C.max_alpha})")
+    g.add_argument("--alpha-snap-step", type=positive_int, default=None,
+                   help="learned schedule: after this step each head's alpha moves to the nearest of 2, 1.5, 4/3, "
+                   "1.25, 1.2 inside the bounds (powers the kernels take by multiplication alone, ~2x faster "
+                   "attention) and stops learning (default: never)")
     g.add_argument("--per-layer", action="store_true", help="one alpha per layer instead of one per head")
     t = p.add_argument_group("training")
     t.add_argument("--context-length", type=int, default=C.context_length,
@@ -80,7 +84,8 @@ def config_from_args(args):
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler=args.lr_scheduler,
         max_grad_norm=args.max_grad_norm, alpha_schedule=args.alpha_schedule, alpha=args.alpha,
         alpha_init=args.alpha_init, anneal_steps=args.anneal_steps, anneal_shape=args.anneal_shape,
-        min_alpha=args.min_alpha, max_alpha=args.max_alpha, per_head=not args.per_layer,
+        min_alpha=args.min_alpha, max_alpha=args.max_alpha, alpha_snap_step=args.alpha_snap_step,
+        per_head=not args.per_layer,
         max_train_blocks=args.max_train_blocks, eval_blocks=args.eval_blocks, eval_every=args.eval_every,
         log_every=args.log_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision,

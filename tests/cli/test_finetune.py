@@ -123,3 +123,38 @@ def test_corrupted_checkpoint_is_a_clear_error_and_the_previous_one_works(tmp_pa
     # the previous checkpoint resumes fine
     assert main(_args(tiny_model, corpus, out, *steps, "--resume", str(ckpts[0]))) == 0
     assert json.loads((out / "finetune.json").read_text())["steps"] == 4
+
+
+def test_alpha_snap_freezes_grid_alphas_and_resumes_exactly(tmp_path, tiny_model, corpus):
+    from hf_adasplash.training import SNAP_GRID
+
+    snap = ["--alpha-init", "1.45", "--min-alpha", "1.1", "--max-steps", "4", "--alpha-snap-step", "2",
+            "--save-every", "2"]
+    ref = tmp_path / "ref"
+    assert main(_args(tiny_model, corpus, ref, *snap)) == 0
+    summary = json.loads((ref / "finetune.json").read_text())
+    alpha = torch.tensor(summary["alpha"], dtype=torch.float64)
+    grid = torch.tensor(SNAP_GRID, dtype=torch.float64)
+    assert ((alpha[..., None] - grid).abs().min(-1).values < 1e-5).all(), alpha  # every head on the grid
+    means = {h["step"]: h["alpha_mean"] for h in summary["history"] if "alpha_mean" in h}
+    assert means[1] != 1.45  # learned before the snap...
+    assert means[2] == means[3] == means[4]  # ...frozen from it on
+    assert summary["recipe"]["alpha_snap_step"] == 2
+    # resuming from the step-2 checkpoint (taken after the snap) keeps alpha frozen and ends where the run ended
+    out = tmp_path / "resumed"
+    shutil.copytree(ref / "checkpoints", out / "checkpoints")
+    assert main(_args(tiny_model, corpus, out, *snap, "--resume")) == 0
+    a, b = _weights(ref), _weights(out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--alpha-schedule", "fixed"], "needs the learned alpha schedule"),
+    (["--max-steps", "2", "--alpha-snap-step", "3"], "must be in [1, max-steps = 2]"),
+    (["--min-alpha", "1.6", "--max-alpha", "1.9", "--alpha-init", "1.7", "--alpha", "1.7"], "no snap alpha"),
+])
+def test_alpha_snap_bad_settings_are_clear_errors(tmp_path, tiny_model, corpus, capsys, extra, message):
+    args = ["--alpha-snap-step", "1", *extra]
+    assert main(_args(tiny_model, corpus, tmp_path / "run", *args)) == 2
+    assert message in capsys.readouterr().err
