@@ -70,7 +70,7 @@ def test_accuracy(case):
     q = torch.randn(B, H, Nq, D, device=DEV, dtype=dtype, requires_grad=True)
     k = torch.randn(B, Hkv, Nk, D, device=DEV, dtype=dtype, requires_grad=True)
     v = torch.randn(B, Hkv, Nk, D, device=DEV, dtype=dtype, requires_grad=True)
-    alpha = torch.tensor([1.0, 1.25, 1.5, 2.0, 1.5, 1.1, 1.75, 1.5][:H], device=DEV, requires_grad=True)
+    alpha = torch.tensor([1.0, 1.25, 1.5, 2.0, 4 / 3, 1.1, 1.75, 1.5][:H], device=DEV, requires_grad=True)
     out = adasplash_attention_triton(q, k, v, alpha, is_causal=causal)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v, alpha), do)
