@@ -120,8 +120,11 @@ def _alpha_recipe(r: dict) -> str:
         return f"annealed from {r['alpha_init']} to {r['alpha']}"
     learned = f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
     if r.get("alpha_snap_step"):
-        learned += (f", then after step {r['alpha_snap_step']} snapped to the nearest of 2, 1.5, 4/3, 1.25, 1.2 "
-                    "(powers without special functions) and frozen")
+        from hf_adasplash.training import SNAP_GRID
+
+        grid = ", ".join(f"{a:.4g}" for a in SNAP_GRID if r["min_alpha"] < a <= r["max_alpha"])
+        learned += (f", then after step {r['alpha_snap_step']} snapped to the nearest of {grid} (powers without "
+                    "special functions) and frozen")
     return learned
 
 

@@ -140,6 +140,10 @@ def test_alpha_snap_freezes_grid_alphas_and_resumes_exactly(tmp_path, tiny_model
     assert means[1] != 1.45  # learned before the snap...
     assert means[2] == means[3] == means[4]  # ...frozen from it on
     assert summary["recipe"]["alpha_snap_step"] == 2
+    from hf_adasplash.cli.card import _alpha_recipe
+
+    assert _alpha_recipe(summary["recipe"]).endswith("after step 2 snapped to the nearest of 2, 1.5, 1.333, 1.25, 1.2 "
+                                                      "(powers without special functions) and frozen")
     # resuming from the step-2 checkpoint (taken after the snap) keeps alpha frozen and ends where the run ended
     out = tmp_path / "resumed"
     shutil.copytree(ref / "checkpoints", out / "checkpoints")

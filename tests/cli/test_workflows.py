@@ -167,7 +167,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model, corpus):
            "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "scripts" / "finetune.py"),
            "--model", str(tiny_model), "--dataset", str(corpus), "--context-length", "32", "--batch-size", "2",
            "--max-steps", "2", "--save-every", "1", "--eval-blocks", "2", "--report-to", "none", "--no-progress",
-           "-o", str(out)]
+           # step 2 runs with every alpha frozen: DDP must not wait for their gradients
+           "--alpha-snap-step", "1", "-o", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -176,6 +177,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model, corpus):
     # the learning-rate schedule spans the run, as with one process: cosine decays to 0 at the last step
     assert summary["history"][-2]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert summary["tokens"] == 2 * 2 * 2 * 32  # steps x batch x processes x context
+    assert {a for row in summary["alpha"] for a in row} == {1.2} and summary["alpha_rank_spread"] == 0.0
     ckpt = out / "checkpoints" / "step-1"
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
 
