@@ -15,6 +15,7 @@ import glob
 import inspect
 import json
 import logging
+import math
 import os
 from contextlib import contextmanager
 
@@ -77,6 +78,41 @@ def alpha_parameters(model: nn.Module) -> list[nn.Parameter]:
     Under PEFT (``modules_to_save=["adasplash_alpha"]``) these are the adapter's copies, not the frozen originals.
     """
     return [p for n, p in model.named_parameters() if ALPHA_ATTR in n and p.requires_grad]
+
+
+# alpha = 1 + 1/n: p = n, so x^p (and the tau passes' x^(p-1), x^(p-2)) needs no special-function op in the kernels
+SNAP_GRID = (2.0, 1.5, 4 / 3, 1.25, 1.2)
+
+
+def snap_grid(min_alpha: float, max_alpha: float) -> list[float]:
+    """The ``SNAP_GRID`` alphas a learned alpha in ``(min_alpha, max_alpha]`` can take."""
+    return [a for a in SNAP_GRID if min_alpha < a <= max_alpha]
+
+
+@torch.no_grad()
+def snap_alpha(model: nn.Module) -> int:
+    """Moves every learned alpha to the nearest ``SNAP_GRID`` value inside its bounds and stops it learning.
+
+    The kernels then take each head's powers by multiplication alone (about twice as fast as at a general alpha).
+    Heads at exactly 1 (softmax) stay. Idempotent; returns how many heads were snapped.
+    """
+    n = 0
+    for m in model.modules():
+        if not isinstance(m, AlphaParameter):
+            continue
+        grid = snap_grid(m.min_alpha, m.max_alpha)
+        if not grid:
+            raise ValueError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in "
+                             f"({m.min_alpha}, {m.max_alpha}]")
+        alpha = m().detach().double().cpu().reshape(-1)
+        soft = torch.isneginf(m.logit.detach().cpu().reshape(-1))
+        g = torch.tensor(grid, dtype=torch.float64)
+        near = g[(alpha[:, None] - g).abs().argmin(dim=1)]
+        logits = [-math.inf if s else m.logit_for(float(a)) for a, s in zip(near, soft)]
+        m.logit.copy_(torch.tensor(logits, dtype=m.logit.dtype).reshape(m.logit.shape))
+        m.logit.requires_grad_(False)
+        n += int((~soft).sum())
+    return n
 
 
 def patch(

@@ -18,10 +18,9 @@ from tqdm.auto import tqdm
 
 from hf_adasplash import checkpoints
 from hf_adasplash.assets import UserError
+from hf_adasplash.patching import SNAP_GRID, snap_alpha, snap_grid
 
 SCHEDULES = ("fixed", "learned", "anneal")
-# alpha = 1 + 1/n: p = n, so x^p (and the tau passes' x^(p-1), x^(p-2)) needs no special-function op
-SNAP_GRID = (2.0, 1.5, 4 / 3, 1.25, 1.2)
 ATTNS = ("adasplash", "sdpa", "eager")
 
 
@@ -94,7 +93,7 @@ class FinetuneConfig:
             if not 0 < self.alpha_snap_step <= self.max_steps:
                 raise UserError(f"--alpha-snap-step must be in [1, max-steps = {self.max_steps}], "
                                 f"got {self.alpha_snap_step}")
-            if not snap_grid(self):
+            if not snap_grid(lo, hi):
                 raise UserError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in ({lo}, {hi}]")
 
 
@@ -104,25 +103,6 @@ def anneal_alpha(cfg: FinetuneConfig, step: int) -> float:
     if cfg.anneal_shape == "cosine":
         frac = 0.5 * (1.0 - math.cos(math.pi * frac))
     return cfg.alpha_init + (cfg.alpha - cfg.alpha_init) * frac
-
-
-def snap_grid(cfg: FinetuneConfig) -> list[float]:
-    """The grid alphas a snap may choose: inside the learned alpha's bounds (min-alpha itself is excluded)."""
-    return [a for a in SNAP_GRID if cfg.min_alpha < a <= cfg.max_alpha]
-
-
-@torch.no_grad()
-def snap_alpha(model, cfg: FinetuneConfig) -> None:
-    """Every head's alpha to the nearest grid alpha (``snap_grid``), which then stops learning; idempotent."""
-    grid = torch.tensor(snap_grid(cfg), dtype=torch.float64)
-    for m in model.modules():
-        if hasattr(m, "adasplash_alpha"):
-            par = m.adasplash_alpha
-            alpha = par().detach().double().cpu().reshape(-1, 1)
-            near = grid[(alpha - grid).abs().argmin(dim=1)]
-            logits = torch.tensor([par.logit_for(float(a)) for a in near], dtype=par.logit.dtype)
-            par.logit.copy_(logits.reshape(par.logit.shape).to(par.logit.device))
-            par.logit.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -254,7 +234,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         accelerator.print(f"resumed from {ckpt} at step {state['step']}")
     unwrapped = accelerator.unwrap_model(model)
     if cfg.alpha_snap_step is not None and state["step"] >= cfg.alpha_snap_step:
-        snap_alpha(unwrapped, cfg)  # the checkpoint holds the snapped alphas; they stay frozen
+        snap_alpha(unwrapped)  # the checkpoint holds the snapped alphas; they stay frozen
     if cfg.report_to != "none":
         accelerator.init_trackers("finetune", config={k: v for k, v in asdict(cfg).items() if v is not None})
 
@@ -288,9 +268,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
             bar.update(1)
             step = state["step"]
             if step == cfg.alpha_snap_step:
-                snap_alpha(unwrapped, cfg)
-                accelerator.print(f"step {step}: alpha snapped to {', '.join(f'{a:.4g}' for a in snap_grid(cfg))} "
-                                  "and frozen")
+                snap_alpha(unwrapped)
+                grid = ", ".join(f"{a:.4g}" for a in snap_grid(cfg.min_alpha, cfg.max_alpha))
+                accelerator.print(f"step {step}: alpha snapped to the nearest of {grid} and frozen")
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 state["train_seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()

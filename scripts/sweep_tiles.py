@@ -43,7 +43,7 @@ CASES = {
 }
 
 # cases that time only a few variants (the general power: MUFU-bound, the same kernels as the alpha = 1.5 case)
-CASE_VARIANTS = {"d64-random-a1.25": {"default", "fent-w8s3", "dq-m64n64w8", "nospill", "fused-A", "nofold"}}
+CASE_VARIANTS = {"d64-random-a1.3": {"default", "fent-w8s3", "dq-m64n64w8", "nospill", "fused-A", "nofold"}}
 
 
 def variants(D: int) -> dict[str, object]:

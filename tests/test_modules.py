@@ -210,3 +210,23 @@ def test_stability_run_detects_divergence(tmp_path):
     summary = _stability_main()(["--steps", "50", "--lr", "1e30", "--out", str(tmp_path / "s.json"), *TINY])
     assert not summary["passed"] and summary["first_failure"]["step"] < 50
     assert summary["nan_free_steps"] == summary["first_failure"]["step"] - 1
+
+
+def test_snap_alpha_moves_learned_heads_to_the_multiplication_grid():
+    import math
+
+    from hf_adasplash import snap_alpha
+
+    model = torch.nn.ModuleDict({"a": AlphaParameter(6, min_alpha=1.1, max_alpha=2.0)})
+    par = model["a"]
+    with torch.no_grad():
+        par.logit.copy_(torch.tensor([-math.inf] + [par.logit_for(a) for a in (1.27, 1.31, 1.44, 1.8, 1.19)]))
+    assert snap_alpha(model) == 5  # the softmax head stays
+    want = torch.tensor([1.0, 1.25, 4 / 3, 1.5, 2.0, 1.2])
+    torch.testing.assert_close(par().detach(), want, rtol=0, atol=3e-7)
+    assert not par.logit.requires_grad
+    before = par.logit.detach().clone()
+    assert snap_alpha(model) == 5 and torch.equal(par.logit.detach(), before)  # idempotent
+    # bounds that hold no grid alpha are an error, not a silent no-op
+    with pytest.raises(ValueError, match=r"no snap alpha .* lies in \(1.55, 1.9\]"):
+        snap_alpha(torch.nn.ModuleDict({"a": AlphaParameter(2, init=1.7, min_alpha=1.55, max_alpha=1.9)}))

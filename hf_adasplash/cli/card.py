@@ -120,9 +120,9 @@ def _alpha_recipe(r: dict) -> str:
         return f"annealed from {r['alpha_init']} to {r['alpha']}"
     learned = f"learned per head from {r['alpha_init']}, kept in [{r['min_alpha']}, {r['max_alpha']}]"
     if r.get("alpha_snap_step"):
-        from hf_adasplash.training import SNAP_GRID
+        from hf_adasplash.patching import snap_grid
 
-        grid = ", ".join(f"{a:.4g}" for a in SNAP_GRID if r["min_alpha"] < a <= r["max_alpha"])
+        grid = ", ".join(f"{a:.4g}" for a in snap_grid(r["min_alpha"], r["max_alpha"]))
         learned += (f", then after step {r['alpha_snap_step']} snapped to the nearest of {grid} (powers without "
                     "special functions) and frozen")
     return learned

@@ -126,7 +126,7 @@ def test_corrupted_checkpoint_is_a_clear_error_and_the_previous_one_works(tmp_pa
 
 
 def test_alpha_snap_freezes_grid_alphas_and_resumes_exactly(tmp_path, tiny_model, corpus):
-    from hf_adasplash.training import SNAP_GRID
+    from hf_adasplash.patching import SNAP_GRID
 
     snap = ["--alpha-init", "1.45", "--min-alpha", "1.1", "--max-steps", "4", "--alpha-snap-step", "2",
             "--save-every", "2"]
