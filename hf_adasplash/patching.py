@@ -85,8 +85,12 @@ SNAP_GRID = (2.0, 1.5, 4 / 3, 1.25, 1.2)
 
 
 def snap_grid(min_alpha: float, max_alpha: float) -> list[float]:
-    """The ``SNAP_GRID`` alphas a learned alpha in ``(min_alpha, max_alpha]`` can take."""
-    return [a for a in SNAP_GRID if min_alpha < a <= max_alpha]
+    """The ``SNAP_GRID`` alphas a learned alpha in ``(min_alpha, max_alpha]`` can take; ValueError if none."""
+    grid = [a for a in SNAP_GRID if min_alpha < a <= max_alpha]
+    if not grid:
+        raise ValueError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in "
+                         f"({min_alpha}, {max_alpha}]")
+    return grid
 
 
 @torch.no_grad()
@@ -101,9 +105,6 @@ def snap_alpha(model: nn.Module) -> int:
         if not isinstance(m, AlphaParameter):
             continue
         grid = snap_grid(m.min_alpha, m.max_alpha)
-        if not grid:
-            raise ValueError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in "
-                             f"({m.min_alpha}, {m.max_alpha}]")
         alpha = m().detach().double().cpu().reshape(-1)
         soft = torch.isneginf(m.logit.detach().cpu().reshape(-1))
         g = torch.tensor(grid, dtype=torch.float64)

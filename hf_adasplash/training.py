@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from hf_adasplash import checkpoints
 from hf_adasplash.assets import UserError
-from hf_adasplash.patching import SNAP_GRID, snap_alpha, snap_grid
+from hf_adasplash.patching import snap_alpha, snap_grid
 
 SCHEDULES = ("fixed", "learned", "anneal")
 ATTNS = ("adasplash", "sdpa", "eager")
@@ -93,8 +93,10 @@ class FinetuneConfig:
             if not 0 < self.alpha_snap_step <= self.max_steps:
                 raise UserError(f"--alpha-snap-step must be in [1, max-steps = {self.max_steps}], "
                                 f"got {self.alpha_snap_step}")
-            if not snap_grid(lo, hi):
-                raise UserError(f"no snap alpha ({', '.join(f'{a:.4g}' for a in SNAP_GRID)}) lies in ({lo}, {hi}]")
+            try:
+                snap_grid(lo, hi)
+            except ValueError as e:
+                raise UserError(str(e)) from None
 
 
 def anneal_alpha(cfg: FinetuneConfig, step: int) -> float:

@@ -14,7 +14,6 @@ the candidates on the GPU (``scripts/sweep_tiles.py``). Compiling takes ~5 s per
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_sc
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_pass_args, tiles
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_pass_args, tiles, with_fields
 
 # pointer arguments that are not the q/k/v-dtype tensors
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
@@ -117,10 +116,7 @@ def main(argv=None) -> int:
         raise SystemExit("unset TRITON_INTERPRET: the interpreter's tiles are not the GPU's")
     rows = []
     for D in (int(d) for d in args.head_dims.split(",")):
-        t = tiles(D)
-        for item in args.set:
-            field, value = item.split("=", 1)
-            t = dataclasses.replace(t, **{field: type(getattr(t, field))(int(value))})
+        t = with_fields(tiles(D), args.set)
         for name, kernel, constexprs, warps, stages in cases(D, t):
             if args.kernels not in name:
                 continue

@@ -13,22 +13,15 @@ time per variant, its ratio to SDPA's, and its largest relative difference from 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
 import torch.nn.functional as F
 
+from hf_adasplash.cli.bench import make_inputs
 from hf_adasplash.ops import attention_ops
 from hf_adasplash.ops.attention import adasplash_attention_triton
-from hf_adasplash.ops.tiling import tiles
-
-
-def parse_variant(spec: str, base):
-    if spec == "default":
-        return base
-    fields = dict(item.split("=", 1) for item in spec.split(","))
-    return dataclasses.replace(base, **{k: type(getattr(base, k))(int(v)) for k, v in fields.items()})
+from hf_adasplash.ops.tiling import tiles, with_fields
 
 
 def main(argv=None) -> int:
@@ -43,8 +36,7 @@ def main(argv=None) -> int:
 
     B, H, Hkv, N, D = (int(x) for x in args.shape.split(","))
     torch.manual_seed(0)
-    q = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(B, Hkv, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    q, k, v = make_inputs(B, H, Hkv, N, N, D, 0.0, torch.bfloat16, "cuda", requires_grad=True)
     alpha = torch.full((H,), args.alpha, device="cuda", dtype=torch.float64, requires_grad=args.learn_alpha)
     wrt = (q, k, v, alpha) if args.learn_alpha else (q, k, v)
     g = torch.randn_like(q)
@@ -65,7 +57,7 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}; sdpa fwd {sf:.3f} ms, fwd+bwd {sfb:.3f} ms", flush=True)
     ref, base = None, tiles(D)
     for spec in args.variant or ["default"]:
-        t = parse_variant(spec, base)
+        t = base if spec == "default" else with_fields(base, spec.split(","))
         attention_ops.tiles = lambda _d, _t=t: _t
         t0 = time.time()
         with torch.no_grad():

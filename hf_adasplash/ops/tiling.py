@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import triton
@@ -71,6 +73,12 @@ def tiles(head_dim: int) -> Tiles:
     # thread) spilled ~1 KB of stack; at 8 nothing spills and the forward ran 2.2x faster (H100, NOTES v11). The
     # backward stays at 4 warps: 8 made dq/dk/dv 2.5x slower there
     return Tiles(64, 32, BD, 8, 2, 4, 1, 16, 32, 32, o3_fwd=False)
+
+
+def with_fields(t: Tiles, items: Iterable[str]) -> Tiles:
+    """``t`` with ``FIELD=VALUE`` overrides (integers, 0/1 for flags), as the launch-settings scripts take them."""
+    fields = dict(item.split("=", 1) for item in items)
+    return dataclasses.replace(t, **{k: type(getattr(t, k))(int(v)) for k, v in fields.items()})
 
 
 def fold_args(t: Tiles) -> dict[str, float]:
