@@ -59,8 +59,8 @@ def adasplash_bwd_kernel_dq(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
     BNS: tl.constexpr, BMQ: tl.constexpr, O3_FWD: tl.constexpr = True,
 ):
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
-                                                                             BMQ, IS_VARLEN)
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
+                                                                             G, BMQ, IS_VARLEN, False)
     if m0 >= Nq:
         return
     off = Nk - Nq

@@ -107,10 +107,58 @@ def load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh, stri
 
 
 @triton.jit
+def scan_gap(b_t, b_m, m_row, p_gap, i_t, MAYBE_EMPTY: tl.constexpr):
+    """Stores tile ``i_t``'s gap from its row maxima ``b_t`` and returns the updated running row max."""
+    b_mn = tl.maximum(b_m, b_t)
+    ok = m_row
+    if MAYBE_EMPTY:
+        ok = ok & (b_t > float("-inf"))
+    tl.store(p_gap + i_t, tl.max(tl.where(ok, b_t - b_mn, float("-inf")), 0))
+    return b_mn
+
+
+@triton.jit
+def scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i0, i1, n_tiles, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    """Tiles i0 .. i1 - 1 (taken modulo n_tiles), each masked where it crosses a boundary."""
+    for i_t in range(i0, i1):
+        n0 = lo + (i_t % n_tiles) * BN
+        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                                kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
+                                HAS_SOFTCAP, DOT_PREC)
+        b_m = scan_gap(tl.max(b_z, 1), b_m, m_row, p_gap, n0 // BN, True)
+    return b_m
+
+
+@triton.jit
+def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, p_gap, scale, softcap, zs,
+               BN: tl.constexpr, D_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Tiles i0 .. i1 - 1, known to lie inside every boundary: no masks and no per-tile test, and the row max is
+    taken on the raw dot (the scale is positive, so it commutes with max)."""
+    # in-tile offsets fit 32 bits; the tile's start is a 64-bit scalar
+    o_kt = tl.arange(0, BN)[None, :] * stride_kn + o_d[:, None]
+    for i_t in range(i0, i1):
+        p_k = k_base + (lo + i_t * BN).to(tl.int64) * stride_kn + o_kt
+        if D_PAD:
+            b_kt = tl.load(p_k, mask=m_d[:, None], other=0.0)
+        else:
+            b_kt = tl.load(p_k)
+        b_s = tl.dot(b_q, b_kt, input_precision=DOT_PREC)
+        if HAS_SOFTCAP:
+            b_t = tl.max(dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP, DOT_PREC), 1)
+        else:
+            b_t = dot_to_z(tl.max(b_s, 1), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
+        b_m = scan_gap(b_t, b_m, m_row, p_gap, lo // BN + i_t, False)
+    return b_m
+
+
+@triton.jit
 def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
                p_gap, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-               DOT_PREC: tl.constexpr):
+               DOT_PREC: tl.constexpr, SPLIT: tl.constexpr = 0, D_PAD: tl.constexpr = True):
     """Phase A: the one dense pass. Returns the row max and stores each tile's gap.
 
     Nothing else happens here (the softmax normaliser is summed later, over listed tiles only): the loop then needs
@@ -121,17 +169,27 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
     # the earlier the running max is close to final, the tighter every later tile's gap.
     n_tiles = tl.cdiv(hi - lo, BN)
     i_diag = tl.minimum(tl.maximum(m0 + off - lo, 0) // BN, tl.maximum(n_tiles - 1, 0))
-    for i_t in range(0, n_tiles):
-        n0 = lo + ((i_diag + i_t) % n_tiles) * BN
-        b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                                kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
-                                HAS_SOFTCAP, DOT_PREC)
-        # [BM]
-        b_t = tl.max(b_z, 1)
-        b_mn = tl.maximum(b_m, b_t)
-        g = tl.max(tl.where(m_row & (b_t > float("-inf")), b_t - b_mn, float("-inf")), 0)
-        tl.store(p_gap + n0 // BN, g)
-        b_m = b_mn
+    if SPLIT > 0 and not (HAS_WINDOW or HAS_POS or HAS_KPM):
+        # The same order in three loops. Tiles before i_clean lie below the causal diagonal and inside the keys;
+        # i_diag <= i_clean, so: clean [i_diag, i_clean), masked [i_clean, n_tiles), then clean [0, i_diag).
+        i_clean = tl.minimum((Nk - lo) // BN, n_tiles)
+        if IS_CAUSAL:
+            i_clean = tl.minimum(i_clean, tl.maximum(m0 + off - lo + 1, 0) // BN)
+        i_clean = tl.maximum(i_clean, i_diag)
+        if SPLIT > 1:  # (SPLIT = 1: the tiles after the diagonal all go through the masked loop)
+            b_m = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i_diag, i_clean, b_m, p_gap, scale,
+                             softcap, zs, BN, D_PAD, HAS_SOFTCAP, DOT_PREC)
+        else:
+            i_clean = i_diag
+        b_m = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_clean, n_tiles, n_tiles, Nk,
+                          off, W, b_qp, k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN, IS_CAUSAL,
+                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        b_m = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, 0, i_diag, b_m, p_gap, scale, softcap, zs, BN,
+                         D_PAD, HAS_SOFTCAP, DOT_PREC)
+    else:
+        b_m = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_diag, i_diag + n_tiles,
+                          n_tiles, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN,
+                          IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
     return b_m
 
 
@@ -303,15 +361,16 @@ def adasplash_fwd_scan_kernel(
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HEAVY_FIRST: tl.constexpr = False,
+    SCAN_SPLIT: tl.constexpr = 0,
 ):
     """Phase A alone: row max (``rows[0]``) and tile gaps.
 
     Split from the main kernel so that this dense pass, most of the forward's time on sparse inputs, runs with the
     few registers it needs (more programs per SM) instead of the tau and output passes' register budget.
     """
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
-                                                                             BM, IS_VARLEN)
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
     if m0 >= Nq:
         return
     off = Nk - Nq
@@ -324,7 +383,7 @@ def adasplash_fwd_scan_kernel(
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
     b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb, p_gap, scale, softcap, zs,
-                     BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+                     BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, SCAN_SPLIT, BD != D)
     tl.store(rows + i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m, b_m, mask=m_row)
 
 
@@ -338,7 +397,7 @@ def adasplash_fwd_tau_kernel(
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
+    HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length.
@@ -346,8 +405,8 @@ def adasplash_fwd_tau_kernel(
     On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
     """
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
-                                                                             BM, IS_VARLEN)
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
     if m0 >= Nq:
         return
     off = Nk - Nq
@@ -430,10 +489,10 @@ def adasplash_fwd_kernel(
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
-    FOLD: tl.constexpr = True,
+    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
 ):
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H, G,
-                                                                             BM, IS_VARLEN)
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
     if m0 >= Nq:
         return
     off = Nk - Nq

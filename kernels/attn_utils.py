@@ -42,14 +42,21 @@ def seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN: tl.constexpr)
 
 
 @triton.jit
-def query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, H: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
-                IS_VARLEN: tl.constexpr):
+def query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                IS_VARLEN: tl.constexpr, HEAVY_FIRST: tl.constexpr):
     """This program's query block (grid: block, batch x head): its indices, the sequence's bounds and rows m0..m1.
+
+    ``HEAVY_FIRST`` (grid: batch x head, block): the last query blocks, which see the most keys under a causal mask,
+    are launched first, across all heads; the short ones then fill the last wave instead of one long block per head
+    trailing behind (longest-first scheduling, as flash attention orders causal blocks).
 
     Returns (i_m, i_bh, i_b as int64, i_h, KV head, first query token, Nq, first key token, Nk, m0, m1); the caller
     returns early when m0 >= Nq (a block past this varlen segment's end).
     """
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    if HEAVY_FIRST:
+        i_m, i_bh = NMB - 1 - tl.program_id(1), tl.program_id(0)
+    else:
+        i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     m0 = i_m * BM

@@ -79,14 +79,16 @@ def cases(D: int, t):
     """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
-    fwd = dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
+    fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
                HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
     if t.scan:
-        yield "fwd scan (phase A)", adasplash_fwd_scan_kernel, base, t.scan_warps, t.scan_stages
+        yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel, dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), t.scan_warps,
+               t.scan_stages)
     solve = t.scan and t.solve
     if solve:
         yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
-               dict(base, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
+               dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
+                    HALLEY=t.halley,
                     HALLEY_GENERAL=t.halley_general),
                t.solve_warps, t.solve_stages)
     fwd["SCANNED"] = t.scan

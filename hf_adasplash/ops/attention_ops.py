@@ -131,19 +131,22 @@ def attn_fwd(
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
         **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
     )
+    heavy_first = t.heavy_first and common["IS_CAUSAL"]
+    grid = (B * Hq, NMB) if heavy_first else (NMB, B * Hq)
+    common["HEAVY_FIRST"] = heavy_first
     if t.scan:
-        adasplash_fwd_scan_kernel[(NMB, B * Hq)](
-            q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common,
-            num_warps=t.scan_warps, num_stages=t.scan_stages,
+        adasplash_fwd_scan_kernel[grid](
+            q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split,
+            num_warps=t.scan_warps, num_stages=t.scan_stages, **({"maxnreg": t.scan_maxnreg} if t.scan_maxnreg else {}),
         )
     if solve:
-        adasplash_fwd_tau_kernel[(NMB, B * Hq)](
+        adasplash_fwd_tau_kernel[grid](
             q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
             CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
             num_warps=t.solve_warps, num_stages=t.solve_stages,
         )
-    adasplash_fwd_kernel[(NMB, B * Hq)](
+    adasplash_fwd_kernel[grid](
         q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
         tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common, **fold_args(t),
         FOLD=t.fold, NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),

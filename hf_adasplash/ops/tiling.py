@@ -34,7 +34,11 @@ class Tiles:
     halley: bool = True  # tau refinement by Halley steps (curvature from one more row sum), else Newton
     halley_general: bool = True  # that curvature also for alpha not in {1.5, 2} (one more exp2 per element)
     scan: bool = True  # phase A (the dense pass) as its own kernel, with the few registers it needs
+    # the scan's tiles inside every boundary in their own loops (no masks, no per-tile test): 0 off, 1 the tiles
+    # before the diagonal, 2 also those after it (non-causal)
+    scan_split: int = 2
     scan_warps: int = 4
+    scan_maxnreg: int = 0  # register cap of the scan kernel (0: the compiler's choice)
     scan_stages: int = 3
     solve: bool = True  # phase B (tau) as its own kernel, after the scan (needs scan)
     solve_warps: int = 4
@@ -44,6 +48,7 @@ class Tiles:
     solve_late_sum: bool = False  # tau passes keep per-thread partial sums, one cross-thread reduction per pass
     # (solve_bn, solve_warps, solve_late_sum) when every head's alpha is known on the host to be 1.5 or 2
     square_solve: tuple[int, int, bool] | None = None
+    heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
     # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
     fold_tol: tuple[float, float] = (16.0, 4.0)
