@@ -68,9 +68,11 @@ def tiles(head_dim: int) -> Tiles:
     # v8 (NOTES): the output-only main forward runs 8 warps at D = 64 too; the tau kernel's slices are 16 keys wide
     # at D = 64 (learned alphas: the general power is MUFU-bound and wants 4 programs per SM; a fixed alpha of 1.5
     # or 2 takes 32-key slices with late row sums) and a whole tile at D = 128.
+    # v12 (NOTES): the scan's split loops took 165 registers at D = 64 (3 programs per SM); capped at 128 (4 per SM,
+    # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
-                     solve_bn_square=16, square_solve=(32, 4, True))
+                     solve_bn_square=16, square_solve=(32, 4, True), scan_maxnreg=128)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
