@@ -318,7 +318,8 @@ def _log(accelerator, model, unwrapped, step, loss, scheduler, state) -> dict:
     log.update({f"alpha/layer_{i:02d}": sum(r) / len(r) for i, r in enumerate(alphas)})
     accelerator.log(log, step=step)
     state["history"].append({"step": step, "loss": round(loss, 5), "lr": log["train/lr"],
-                             "alpha_mean": round(log["alpha/mean"], 5)})
+                             "alpha_mean": round(log["alpha/mean"], 5), "tokens": state["tokens"],
+                             "seconds": round(state["train_seconds"], 3)})
     accelerator.print(f"step {step}: loss {loss:.4f}  ppl {log['train/ppl']:.2f}  alpha mean {log['alpha/mean']:.4f} "
                       f"max {log['alpha/max']:.4f}  lr {log['train/lr']:.2e}")
     return log
@@ -338,6 +339,19 @@ def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state
     return result
 
 
+def second_half_tokens_per_s(history: list[dict], max_steps: int) -> float | None:
+    """Throughput between the first log point at or past half the run and its end.
+
+    The whole-run figure also holds one-time costs: the Triton kernels compile on their first calls (again when a
+    snapped alpha freezes), and a learned alpha runs the d(alpha) path until it is snapped.
+    """
+    logs = [h for h in history if "seconds" in h]
+    mid = next((h for h in logs if h["step"] >= max_steps / 2), None)
+    if mid is None or logs[-1] is mid or logs[-1]["seconds"] <= mid["seconds"]:
+        return None
+    return round((logs[-1]["tokens"] - mid["tokens"]) / (logs[-1]["seconds"] - mid["seconds"]), 1)
+
+
 def _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hw) -> dict:
     last_loss = next((h["loss"] for h in reversed(state["history"]) if "loss" in h), None)
     alphas = _alphas(accelerator, model, unwrapped)
@@ -345,6 +359,7 @@ def _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hw) ->
     return {
         "base_model": path, "recipe": asdict(cfg), "steps": state["step"], "tokens": state["tokens"],
         "train_seconds": round(secs, 2), "tokens_per_s": round(state["tokens"] / secs, 1) if secs else None,
+        "tokens_per_s_second_half": second_half_tokens_per_s(state["history"], cfg.max_steps),
         "final_train_loss": last_loss, "final_train_ppl": math.exp(last_loss) if last_loss is not None else None,
         "eval": final_eval, "alpha": alphas, "history": state["history"],
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,

@@ -42,7 +42,7 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: str) -> dict:
+def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: str, maxnreg: int = 0) -> dict:
     """Compiles one specialisation and returns registers, stack bytes and spill instructions per thread."""
     names = kernel.arg_names
     sig = {}
@@ -62,7 +62,8 @@ def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: 
     attrs = {(names.index(n),): aligned for n in names if sig[n].startswith("*") or n.startswith("stride")}
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()},
                     attrs=attrs)
-    compiled = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
+    options = {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+    compiled = triton.compile(src, target=target, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -79,17 +80,16 @@ def cases(D: int, t):
     """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
-    fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley,
-               HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
+    fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
+               HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
     if t.scan:
-        yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel, dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), t.scan_warps,
-               t.scan_stages)
+        yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel,
+               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), t.scan_warps, t.scan_stages)
     solve = t.scan and t.solve
     if solve:
         yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
                dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
-                    HALLEY=t.halley,
-                    HALLEY_GENERAL=t.halley_general),
+                    HALLEY=t.halley, HALLEY_GENERAL=t.halley_general),
                t.solve_warps, t.solve_stages)
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
@@ -122,8 +122,9 @@ def main(argv=None) -> int:
         for name, kernel, constexprs, warps, stages in cases(D, t):
             if args.kernels not in name:
                 continue
+            maxnreg = t.scan_maxnreg if "scan" in name else 0
             row = {"D": D, "kernel": name, "warps": warps, "stages": stages,
-                   **spills(kernel, constexprs, warps, stages, args.arch, args.dtype)}
+                   **spills(kernel, constexprs, warps, stages, args.arch, args.dtype, maxnreg)}
             rows.append(row)
             print(f"D={D:<4d} {name:22s} warps {warps} stages {stages}: {row['regs']} regs, "
                   f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL", flush=True)

@@ -63,6 +63,8 @@ def build(args):
                                                  attn_implementation="sdpa" if args.attn == "sdpa" else None)
     if args.attn == "adasplash":
         hf_adasplash.patch(model, alpha=args.alpha, learnable=True)
+        if args.snap:  # as finetune --alpha-snap-step leaves it: on the multiplication grid, frozen
+            hf_adasplash.snap_alpha(model)
     model.config.use_cache = False
     model = model.cuda().train()
     blocks = pack(load_text(args.dataset, "test"), tok, args.context_length, max_blocks=args.batch_size)
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="shakespeare")
     p.add_argument("--attn", choices=["sdpa", "adasplash"], default="adasplash")
     p.add_argument("--alpha", type=float, default=1.3)
+    p.add_argument("--snap", action="store_true", help="snap alpha to the grid and freeze it (hf_adasplash.snap_alpha)")
     p.add_argument("--context-length", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--warmup", type=int, default=3)
@@ -113,6 +116,7 @@ def main(argv=None) -> int:
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]
     result = {
         "model": args.model, "attn": args.attn, "alpha": args.alpha if args.attn == "adasplash" else None,
+        "alpha_snapped": args.snap,
         "dataset": args.dataset, "context_length": args.context_length, "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "step_ms": step_s * 1e3, "tokens_per_s": ids.numel() / step_s, "kernel_ms_per_step": total / 1e3,

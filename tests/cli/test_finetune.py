@@ -34,6 +34,9 @@ def test_learned_alpha_trains_saves_and_reloads(tmp_path, tiny_model, corpus):
     summary = json.loads((out / "finetune.json").read_text())
     assert summary["steps"] == 4 and summary["tokens"] == 4 * 2 * 2 * 32
     assert summary["tokens_per_s"] > 0 and summary["eval"]["ppl"] > 1
+    logs = [h for h in summary["history"] if "loss" in h]  # logged every step: steps 2..4 are the second half
+    expected = (logs[-1]["tokens"] - logs[1]["tokens"]) / (logs[-1]["seconds"] - logs[1]["seconds"])
+    assert summary["tokens_per_s_second_half"] == pytest.approx(expected, rel=1e-3)
     alpha = torch.tensor(summary["alpha"])
     assert alpha.shape == (2, 4)  # layers x heads
     assert not torch.allclose(alpha, torch.full_like(alpha, 1.01), atol=1e-4)  # alpha was learned
