@@ -165,3 +165,13 @@ def test_alpha_snap_bad_settings_are_clear_errors(tmp_path, tiny_model, corpus, 
     args = ["--alpha-snap-step", "1", *extra]
     assert main(_args(tiny_model, corpus, tmp_path / "run", *args)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_second_half_throughput_needs_a_log_point_past_half_the_run():
+    from hf_adasplash.training import second_half_tokens_per_s
+
+    logs = [{"step": s, "tokens": 100 * s, "seconds": 2.0 * s} for s in (10, 20, 30, 40)]
+    # from the first log point at or past step 20 to the end: 2000 tokens in 40 s (evaluation entries are skipped)
+    assert second_half_tokens_per_s([*logs, {"step": 40, "eval_loss": 1.0}], 40) == 50.0
+    assert second_half_tokens_per_s(logs[:1], 40) is None  # no log point past half the run
+    assert second_half_tokens_per_s(logs[:2], 40) is None  # the half-way point is the last one
