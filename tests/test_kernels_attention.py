@@ -327,23 +327,27 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
     assert (fwd_s[0].double() - ref).abs().max().item() <= 2e-5
 
 
+@pytest.mark.parametrize("nq,nk", [(75, 100), (100, 75)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("causal", [True, False])
-def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dtype):
+def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dtype, nq, nk):
     # the scan's unmasked loops (tiles inside every boundary; the row max taken before the scale) and the causal
     # longest-first launch order against the single masked loop in grid order: identical gaps, tau rows, tile lists,
-    # outputs and gradients. Nq != Nk and ragged key tiles put the diagonal and the last tile mid-block
+    # outputs and gradients. Nq != Nk and ragged key tiles put the diagonal and the last tile mid-block; with
+    # Nq > Nk the first causal rows see no key at all
     from hf_adasplash.cli.bench import make_inputs
     from hf_adasplash.ops import tiling
 
-    q, k, v = make_inputs(1, 4, 2, 75, 100, 32, 3.0, dtype, "cpu", requires_grad=True)  # local: tiles skipped
+    # local inputs (tiles get skipped); with Nq > Nk the keys are the first Nk positions
+    q, k, v = make_inputs(1, 4, 2, nq, max(nq, nk), 32, 3.0, dtype, "cpu")
+    q, k, v = (t[:, :, :n].clone().requires_grad_() for t, n in ((q, nq), (k, nk), (v, nk)))
     a = _alpha((1.0, 1.25, 1.5, 2.0), 4)
     runs = {}
     for split, heavy in ((0, False), (1, True), (2, False), (2, True)):
         variant = dataclasses.replace(tiling.tiles(32), scan_split=split, heavy_first=heavy)
         monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
         fwd = torch.ops.hf_adasplash.attn_fwd(q.detach(), k.detach(), v.detach(), a.detach(), None, None, None, None,
-                                              None, 75, 100, causal, 32**-0.5, -1, 0.0, True, True)
+                                              None, nq, nk, causal, 32**-0.5, -1, 0.0, True, True)
         out = adasplash_attention_triton(q, k, v, a, is_causal=causal)
         runs[split, heavy] = (fwd, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
     fwd_0, g_0 = runs.pop((0, False))
