@@ -27,7 +27,7 @@ from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_sc
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, tau_pass_args, tiles, with_fields
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, scan_launch_args, tau_pass_args, tiles, with_fields
 
 # pointer arguments that are not the q/k/v-dtype tensors
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
@@ -42,7 +42,7 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: str, maxnreg: int = 0) -> dict:
+def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> dict:
     """Compiles one specialisation and returns registers, stack bytes and spill instructions per thread."""
     names = kernel.arg_names
     sig = {}
@@ -62,7 +62,6 @@ def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: 
     attrs = {(names.index(n),): aligned for n in names if sig[n].startswith("*") or n.startswith("stride")}
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()},
                     attrs=attrs)
-    options = {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
     compiled = triton.compile(src, target=target, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
@@ -76,32 +75,38 @@ def spills(kernel, constexprs: dict, warps: int, stages: int, arch: int, dtype: 
             "ldl": sass.count(" LDL")}
 
 
+def _opts(warps: int, stages: int) -> dict:
+    return {"num_warps": warps, "num_stages": stages}
+
+
 def cases(D: int, t):
-    """(name, kernel, constexprs, warps, stages) for every specialisation a causal bf16 launch uses."""
+    """(name, kernel, constexprs, compile options) for every specialisation a causal bf16 launch uses."""
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
     fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
                HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
     if t.scan:
         yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel,
-               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), t.scan_warps, t.scan_stages)
+               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), scan_launch_args(t))
     solve = t.scan and t.solve
     if solve:
         yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
                dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
                     HALLEY=t.halley, HALLEY_GENERAL=t.halley_general),
-               t.solve_warps, t.solve_stages)
+               _opts(t.solve_warps, t.solve_stages))
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
-    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), t.fwd_warps, t.fwd_stages
-    yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), t.fwd_warps, t.fwd_stages
+    fwd_opts = _opts(t.fwd_warps, t.fwd_stages)
+    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), fwd_opts
+    yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), fwd_opts
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
-           t.fwd_ent_warps or t.fwd_warps, t.fwd_ent_stages or t.fwd_stages)
+           _opts(t.fwd_ent_warps or t.fwd_warps, t.fwd_ent_stages or t.fwd_stages))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd)
-    yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), t.bwd_warps, t.bwd_stages
-    yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), t.bwd_warps, t.bwd_stages
-    yield ("dk/dv", adasplash_bwd_kernel_dkv, dict(base, CH=LIST_CHUNK, BMS=t.BMS), t.dkv_warps or t.bwd_warps,
-           t.dkv_stages or t.bwd_stages)
+    bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
+    yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), bwd_opts
+    yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), bwd_opts
+    yield ("dk/dv", adasplash_bwd_kernel_dkv, dict(base, CH=LIST_CHUNK, BMS=t.BMS),
+           _opts(t.dkv_warps or t.bwd_warps, t.dkv_stages or t.bwd_stages))
 
 
 def main(argv=None) -> int:
@@ -119,12 +124,12 @@ def main(argv=None) -> int:
     rows = []
     for D in (int(d) for d in args.head_dims.split(",")):
         t = with_fields(tiles(D), args.set)
-        for name, kernel, constexprs, warps, stages in cases(D, t):
+        for name, kernel, constexprs, options in cases(D, t):
             if args.kernels not in name:
                 continue
-            maxnreg = t.scan_maxnreg if "scan" in name else 0
+            warps, stages = options["num_warps"], options["num_stages"]
             row = {"D": D, "kernel": name, "warps": warps, "stages": stages,
-                   **spills(kernel, constexprs, warps, stages, args.arch, args.dtype, maxnreg)}
+                   **spills(kernel, constexprs, options, args.arch, args.dtype)}
             rows.append(row)
             print(f"D={D:<4d} {name:22s} warps {warps} stages {stages}: {row['regs']} regs, "
                   f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL", flush=True)

@@ -17,7 +17,7 @@ import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, fold_args, tau_pass_args, tiles
+from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, fold_args, scan_launch_args, tau_pass_args, tiles
 
 
 def _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
@@ -137,7 +137,7 @@ def attn_fwd(
     if t.scan:
         adasplash_fwd_scan_kernel[grid](
             q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split,
-            num_warps=t.scan_warps, num_stages=t.scan_stages, **({"maxnreg": t.scan_maxnreg} if t.scan_maxnreg else {}),
+            **scan_launch_args(t),
         )
     if solve:
         adasplash_fwd_tau_kernel[grid](

@@ -103,3 +103,9 @@ def fold_args(t: Tiles) -> dict[str, float]:
 def tau_pass_args(t: Tiles) -> dict[str, int]:
     """The tau passes' slice widths (a slice never exceeds the tile) and row-sum mode as kernel arguments."""
     return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN), "LATE_SUM": t.solve_late_sum}
+
+
+def scan_launch_args(t: Tiles) -> dict[str, int]:
+    """The scan kernel's launch options: warps, stages and, where set, its register cap."""
+    return {"num_warps": t.scan_warps, "num_stages": t.scan_stages,
+            **({"maxnreg": t.scan_maxnreg} if t.scan_maxnreg else {})}
