@@ -54,6 +54,7 @@ def adasplash_attention(
     softcap: float | None = None,
     backend: str = "auto",
     _check_alpha_values: bool = True,
+    _alpha_grid: bool = False,
 ) -> torch.Tensor:
     r"""alpha-entmax attention ("AdaSplash").
 
@@ -79,7 +80,8 @@ def adasplash_attention(
         ``[B, Hq, Nq, D]`` in the dtype of ``q``. Rows with no visible key are zero (never NaN).
 
     ``_check_alpha_values=False`` (internal) skips the value check of a tensor alpha, a host sync, for alphas that
-    are in range by construction.
+    are in range by construction. ``_alpha_grid=True`` (internal) says every head's alpha is 1 or 1 + 1/n
+    (n = 1..5), e.g. snapped and frozen: the Triton kernels then take launch settings that suit those heads.
     """
     V.check_qkv(q, k, v)
     V.check_alpha(alpha, q.shape[1], q.device, values=_check_alpha_values)
@@ -92,7 +94,7 @@ def adasplash_attention(
     if _resolve_backend(backend, q.device, q.dtype) == "triton":
         from hf_adasplash.ops.attention import adasplash_attention_triton
 
-        return adasplash_attention_triton(q, k, v, alpha, **kw)
+        return adasplash_attention_triton(q, k, v, alpha, alpha_grid=_alpha_grid, **kw)
     return attention_reference(q, k, v, alpha, **kw)
 
 
@@ -112,6 +114,7 @@ def adasplash_varlen_attention(
     softcap: float | None = None,
     backend: str = "auto",
     _check_alpha_values: bool = True,
+    _alpha_grid: bool = False,
 ) -> torch.Tensor:
     r"""alpha-entmax attention over packed sequences, in ``flash_attn_varlen_func``'s layout.
 
@@ -140,6 +143,6 @@ def adasplash_varlen_attention(
         from hf_adasplash.ops.attention import adasplash_varlen_attention_triton
 
         return adasplash_varlen_attention_triton(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, **kw
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, alpha_grid=_alpha_grid, **kw
         )
     return varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, alpha, **kw)

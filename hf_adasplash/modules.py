@@ -12,7 +12,7 @@ from hf_adasplash._validation import check_alpha
 from hf_adasplash.entmax import entmax
 from hf_adasplash.functional import adasplash_attention
 from hf_adasplash.masks import visibility_mask
-from hf_adasplash.reference import alpha_per_head
+from hf_adasplash.reference import alpha_per_head, powers_by_multiplication
 
 DEFAULT_MIN_ALPHA = 1.001  # learnable alpha stays away from 1, where d(alpha) is singular
 DEFAULT_MAX_ALPHA = 2.0
@@ -80,6 +80,21 @@ class AlphaParameter(nn.Module):
         # float32 rounding of min + (max - min) * 1 can land one ulp above max_alpha (e.g. above 2): clamp.
         alpha = alpha.clamp(self.min_alpha, self.max_alpha)
         return torch.where(torch.isneginf(logit), torch.ones_like(alpha), alpha)
+
+    def frozen_on_grid(self) -> bool:
+        """True when alpha does not learn and every head is 1 or 1 + 1/n (n = 1..5), as ``snap_alpha`` leaves it.
+
+        Reads the device once per change of the logit (its version counter), never while alpha learns or under
+        ``torch.compile``; the answer only picks the kernels' launch settings.
+        """
+        if self.logit.requires_grad or torch.compiler.is_compiling():
+            return False
+        key = (self.logit._version, self.logit.data_ptr(), self.logit.device)
+        if getattr(self, "_grid_key", None) != key:
+            with torch.no_grad():
+                self._grid = powers_by_multiplication(self())
+            self._grid_key = key
+        return self._grid
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.logit.shape)}, bounds=({self.min_alpha}, {self.max_alpha})"

@@ -27,7 +27,16 @@ from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_sc
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, scan_launch_args, tau_pass_args, tiles, with_fields
+from hf_adasplash.ops.tiling import (
+    LIST_CHUNK,
+    MAX_TAU_ITERS,
+    scan_launch_args,
+    solve_launch_args,
+    solve_settings,
+    tau_pass_args,
+    tiles,
+    with_fields,
+)
 
 # pointer arguments that are not the q/k/v-dtype tensors
 POINTERS = {"alpha": "*fp64", "tau": "*fp32", "ent": "*fp32", "tile_gap": "*fp32", "tile_thr": "*fp32",
@@ -90,10 +99,16 @@ def cases(D: int, t):
                dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split), scan_launch_args(t))
     solve = t.scan and t.solve
     if solve:
-        yield ("fwd tau (phase B)", adasplash_fwd_tau_kernel,
-               dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
-                    HALLEY=t.halley, HALLEY_GENERAL=t.halley_general),
-               _opts(t.solve_warps, t.solve_stages))
+        # the tau kernel as each host-side alpha hint launches it: unknown (a learning alpha), every head on the
+        # multiplication grid (snapped), every head 1.5 or 2 (a fixed float)
+        for hint, ts in (("", t), (" grid alpha", solve_settings(t, False, True)),
+                         (" 1.5/2 alpha", solve_settings(t, True, False))):
+            if hint and ts == t:
+                continue
+            yield (f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel,
+                   dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(ts),
+                        HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general),
+                   solve_launch_args(ts))
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
     fwd_opts = _opts(t.fwd_warps, t.fwd_stages)

@@ -401,6 +401,42 @@ def test_fixed_square_alpha_takes_its_own_tau_settings(monkeypatch):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_alpha_on_the_grid_takes_the_grid_tau_settings_and_a_wrong_hint_stays_exact(monkeypatch):
+    # alphas on the multiplication grid (a float like 4/3, or a tensor the caller marks, e.g. snapped) run the tau
+    # kernel with Tiles.grid_solve_bn; a tensor without the hint keeps solve_bn_square. The hint picks launch
+    # settings only: a general alpha marked as on the grid must still match the reference
+    from hf_adasplash.ops import tiling
+
+    seen = []
+    real = attention_ops.adasplash_fwd_tau_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(**kw):
+                seen.append(kw["BNT_SQ"])
+                return real[grid](**kw)
+            return launch
+
+    monkeypatch.setattr(attention_ops, "adasplash_fwd_tau_kernel", Spy())
+    t = tiling.tiles(32)
+    assert t.grid_solve_bn != t.solve_bn_square  # else this test checks nothing
+    torch.manual_seed(0)
+    q, k, v = _grad_inputs(1, 3, 1, 70, 70, 32, torch.float32)
+    grid_alpha = torch.tensor([4 / 3, 1.5, 2.0], dtype=torch.float64)
+    general = torch.tensor([1.3, 1.7, 1.5], dtype=torch.float64)
+    cases = [(4 / 3, False, t.grid_solve_bn), (grid_alpha, False, t.solve_bn_square),
+             (grid_alpha, True, t.grid_solve_bn), (general, True, t.grid_solve_bn)]
+    for alpha, hint, bnt in cases:
+        seen.clear()
+        out = adasplash_attention_triton(q, k, v, alpha, is_causal=True, alpha_grid=hint)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        assert seen == [min(bnt, t.BN)], (alpha, hint)
+        ref = attention_reference(q.double(), k.double(), v.double(), alpha, is_causal=True)
+        rdq, rdk, rdv = torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref))
+        for x, y in ((out, ref), (dq, rdq), (dk, rdk), (dv, rdv)):
+            assert ((x.double() - y).abs().max() / y.abs().max()).item() <= 1e-4, (alpha, hint)
+
+
 def test_output_pass_folds_in_the_last_tau_step(monkeypatch):
     # the output pass makes one more Newton step from sums it has anyway (sum p, sum u, U V): with the tau loop
     # stopped early (step tolerance 2^-3 instead of 2^-12) the folded output still matches the reference to fp32

@@ -212,6 +212,32 @@ def test_stability_run_detects_divergence(tmp_path):
     assert summary["nan_free_steps"] == summary["first_failure"]["step"] - 1
 
 
+def test_powers_by_multiplication_and_the_frozen_grid_hint(monkeypatch):
+    import math
+
+    from hf_adasplash import modules, snap_alpha
+    from hf_adasplash.reference import powers_by_multiplication
+
+    assert powers_by_multiplication(torch.tensor([1.0, 2.0, 1.5, 4 / 3, 1.25, 1.2]))
+    assert powers_by_multiplication(4 / 3) and powers_by_multiplication(1.0)
+    for off in (1.3, 1.1, 1.0001, 1.7, 1.2 + 1e-3):
+        assert not powers_by_multiplication(torch.tensor([1.5, off])), off
+    par = AlphaParameter(4, init=1.45, min_alpha=1.1, max_alpha=2.0)
+    model = torch.nn.ModuleDict({"a": par})
+    assert not par.frozen_on_grid()  # learning: never read, never on the grid
+    calls = []
+    real = modules.powers_by_multiplication
+    monkeypatch.setattr(modules, "powers_by_multiplication", lambda a: calls.append(1) or real(a))
+    snap_alpha(model)  # stored through the sigmoid: a few float32 ulps off 1.5
+    assert par.frozen_on_grid() and par.frozen_on_grid() and len(calls) == 1  # read once per change
+    with torch.no_grad():
+        par.logit.copy_(torch.full((4,), par.logit_for(1.3)))
+    assert not par.frozen_on_grid() and len(calls) == 2
+    with torch.no_grad():
+        par.logit.copy_(torch.tensor([-math.inf, par.logit_for(1.2), par.logit_for(2.0), par.logit_for(1.25)]))
+    assert par.frozen_on_grid() and len(calls) == 3
+
+
 def test_snap_alpha_moves_learned_heads_to_the_multiplication_grid():
     import math
 

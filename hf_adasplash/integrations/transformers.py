@@ -201,8 +201,11 @@ def adasplash_attention_forward(
     opts = {"scale": scaling, "window": int(window) if window else None, "softcap": softcap or None,
             "backend": _resolve_backend(module)}
     alpha = _resolve_alpha(module)
-    # An AlphaParameter's output is in range by construction: skip the per-layer host sync of the value check.
-    trusted = {"_check_alpha_values": not isinstance(alpha, torch.Tensor)}
+    # An AlphaParameter's output is in range by construction: skip the per-layer host sync of the value check. A
+    # frozen one on the multiplication grid (snapped) lets the kernels take that grid's launch settings.
+    alpha_module = getattr(module, "adasplash_alpha", None)
+    trusted = {"_check_alpha_values": not isinstance(alpha, torch.Tensor),
+               "_alpha_grid": alpha_module is not None and alpha_module.frozen_on_grid()}
     query, key, value = _same_dtype(query, key, value)
     B, _, Q, _ = query.shape
     K = key.shape[2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hf_adasplash.ops import attention_ops  # noqa: F401  (registers torch.ops.hf_adasplash.*)
-from hf_adasplash.reference import alpha_per_head
+from hf_adasplash.reference import alpha_per_head, powers_by_multiplication
 
 try:
     from hf_adasplash.ops.decode import adasplash_decode_triton
@@ -23,11 +23,11 @@ DECODE_MAX_Q = 16
 class AdaSplashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
-                is_causal, scale, window, softcap, alpha_square):
+                is_causal, scale, window, softcap, alpha_square, alpha_grid):
         need_ent = alpha.requires_grad
         o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt = torch.ops.hf_adasplash.attn_fwd(
             q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm, max_seqlen_q, max_seqlen_k,
-            is_causal, scale, window, softcap, True, need_ent, alpha_square,
+            is_causal, scale, window, softcap, True, need_ent, alpha_square, alpha_grid,
         )
         ctx.save_for_backward(q, k, v, o, o2, alpha, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt,
                               cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm)
@@ -45,24 +45,28 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
             cu_seqlens_k, q_pos, k_pos, kpm, *ctx.args, need_dalpha, need_dkv,
         )
         return ((dq if ctx.needs_input_grad[0] else None), (dk if need_dkv else None), (dv if need_dkv else None),
-                (dalpha if need_dalpha else None), *([None] * 12))
+                (dalpha if need_dalpha else None), *([None] * 13))
 
 
-def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap):
+def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap,
+         alpha_grid=False):
     # float64: the kernels take alpha - 1 from it, which fp32 alpha would round (1.0001 - 1 off by 2e-3)
     a = alpha_per_head(alpha, q.shape[-3] if cu_q is None else q.shape[1], torch.float64, q.device).contiguous()
     window = -1 if window is None else int(window)
     softcap = 0.0 if softcap is None else float(softcap)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, a))
-    # a fixed alpha of 1.5 or 2 is known here without reading the device: its tau passes may specialise
-    square = not isinstance(alpha, torch.Tensor) and float(alpha) in (1.5, 2.0)
+    # a fixed alpha is known here without reading the device: at 1.5 or 2, or on the multiplication grid, the tau
+    # passes may take settings of their own (a tensor alpha: only when the caller says it is on the grid)
+    fixed = not isinstance(alpha, torch.Tensor)
+    square = fixed and float(alpha) in (1.5, 2.0)
+    grid = bool(alpha_grid) or (fixed and powers_by_multiplication(float(alpha)))
     if not need_grad:
         return torch.ops.hf_adasplash.attn_fwd(
             q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap, False, False,
-            square,
+            square, grid,
         )[0]
     return AdaSplashAttentionFunction.apply(q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
-                                            scale, window, softcap, square)
+                                            scale, window, softcap, square, grid)
 
 
 def _positions(idx):
@@ -70,8 +74,12 @@ def _positions(idx):
 
 
 def adasplash_attention_triton(q, k, v, alpha, *, is_causal=False, scale=None, key_padding_mask=None, q_idx=None,
-                               k_idx=None, window=None, softcap=None):
-    """alpha-entmax attention, q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` (``functional.adasplash_attention``)."""
+                               k_idx=None, window=None, softcap=None, alpha_grid=False):
+    """alpha-entmax attention, q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` (``functional.adasplash_attention``).
+
+    ``alpha_grid``: the caller knows every head's alpha is 1 or 1 + 1/n (n = 1..5), e.g. a snapped, frozen alpha;
+    a launch-settings hint only (a wrong hint costs speed, never correctness).
+    """
     Nq, Nk, D = q.shape[2], k.shape[2], q.shape[3]
     scale = D**-0.5 if scale is None else float(scale)
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
@@ -81,12 +89,12 @@ def adasplash_attention_triton(q, k, v, alpha, *, is_causal=False, scale=None, k
                                        key_padding_mask=key_padding_mask, window=window, softcap=softcap)
     kpm = None if key_padding_mask is None else key_padding_mask.to(torch.uint8).contiguous()
     return _run(q, k, v, alpha, None, None, _positions(q_idx), _positions(k_idx), kpm, Nq, Nk,
-                bool(is_causal or q_idx is not None), scale, window, softcap)
+                bool(is_causal or q_idx is not None), scale, window, softcap, alpha_grid)
 
 
 def adasplash_varlen_attention_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, *,
-                                      is_causal=False, scale=None, window=None, softcap=None):
+                                      is_causal=False, scale=None, window=None, softcap=None, alpha_grid=False):
     """Packed varlen attention, q ``[T, Hq, D]``, k/v ``[T, Hkv, D]``, one segment per ``cu_seqlens`` entry."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _run(q, k, v, alpha, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None, None, None,
-                int(max_seqlen_q), int(max_seqlen_k), bool(is_causal), scale, window, softcap)
+                int(max_seqlen_q), int(max_seqlen_k), bool(is_causal), scale, window, softcap, alpha_grid)

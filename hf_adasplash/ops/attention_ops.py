@@ -10,14 +10,22 @@ entropy term; ``o3`` (like ``o``) holds the values weighted by ``p log2 x``, for
 list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshold per query block ``[B*Hq, NMB]``.
 """
 
-import dataclasses
 
 import torch
 import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
-from hf_adasplash.ops.tiling import LIST_CHUNK, MAX_TAU_ITERS, fold_args, scan_launch_args, tau_pass_args, tiles
+from hf_adasplash.ops.tiling import (
+    LIST_CHUNK,
+    MAX_TAU_ITERS,
+    fold_args,
+    scan_launch_args,
+    solve_launch_args,
+    solve_settings,
+    tau_pass_args,
+    tiles,
+)
 
 
 def _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
@@ -89,18 +97,16 @@ def attn_fwd(
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, is_causal: bool, scale: float, window: int, softcap: float,
-    need_bwd: bool, need_ent: bool, alpha_square: bool = False,
+    need_bwd: bool, need_ent: bool, alpha_square: bool = False, alpha_grid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """Returns (o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt); all but o and the tile scratch are
-    empty unless a backward follows (ent and o3: unless alpha needs a gradient). ``alpha_square``: every head's
-    alpha is known on the host to be 1.5 or 2, so the tau kernel may take the settings those heads prefer."""
+    empty unless a backward follows (ent and o3: unless alpha needs a gradient). ``alpha_square`` / ``alpha_grid``:
+    every head's alpha is known on the host to be 1.5 or 2 / on the multiplication grid, so the tau kernel may take
+    the settings those heads prefer (``tiling.solve_settings``)."""
     q, k, v = _last_dim_contiguous(q, k, v)
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
-    t = tiles(D)
-    if alpha_square and t.square_solve is not None:
-        bn, warps, late = t.square_solve
-        t = dataclasses.replace(t, solve_bn=bn, solve_bn_square=bn, solve_warps=warps, solve_late_sum=late)
+    t = solve_settings(tiles(D), alpha_square, alpha_grid)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     varlen = cu_seqlens_q is not None
     o = torch.empty_like(q)
@@ -144,7 +150,7 @@ def attn_fwd(
             q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
             CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
-            num_warps=t.solve_warps, num_stages=t.solve_stages,
+            **solve_launch_args(t),
         )
     adasplash_fwd_kernel[grid](
         q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
@@ -164,7 +170,7 @@ def _fwd_stages(t, need_ent, q):
 
 @attn_fwd.register_fake
 def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask, max_seqlen_q, max_seqlen_k,
-      is_causal, scale, window, softcap, need_bwd, need_ent, alpha_square=False):
+      is_causal, scale, window, softcap, need_bwd, need_ent, alpha_square=False, alpha_grid=False):
     (B, Hq, _, NQ, NK, D), _s = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     t = tiles(D)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)

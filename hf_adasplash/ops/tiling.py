@@ -43,11 +43,16 @@ class Tiles:
     solve: bool = True  # phase B (tau) as its own kernel, after the scan (needs scan)
     solve_warps: int = 4
     solve_stages: int = 3
+    solve_maxnreg: int = 0  # register cap of the tau kernel (0: the compiler's choice)
     solve_bn: int = 16  # the tau passes walk each listed tile in slices of this many keys (fewer registers)...
     solve_bn_square: int = 64  # ...and this many for alpha = 1.5 and 2 (no special functions: wider dots pay)
     solve_late_sum: bool = False  # tau passes keep per-thread partial sums, one cross-thread reduction per pass
-    # (solve_bn, solve_warps, solve_late_sum) when every head's alpha is known on the host to be 1.5 or 2
-    square_solve: tuple[int, int, bool] | None = None
+    # (solve_bn, solve_warps, solve_late_sum, solve_maxnreg) when every head's alpha is known on the host to be 1.5
+    # or 2
+    square_solve: tuple[int, int, bool, int] | None = None
+    # solve_bn_square when every head's alpha is known on the host to be on the multiplication grid (a float, or a
+    # snapped and frozen alpha): no head takes the general power, whose loop wants narrow slices (0: no change)
+    grid_solve_bn: int = 0
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
     # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
@@ -60,7 +65,8 @@ def tiles(head_dim: int) -> Tiles:
     if INTERPRET:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops); both
         # d(alpha) paths, as on the GPU; tau passes in slices and a fixed-alpha variant, as on the GPU
-        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16, square_solve=(32, 1, True))
+        return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16, solve_bn_square=16,
+                     square_solve=(32, 1, True, 0), grid_solve_bn=32)
     # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
@@ -68,11 +74,14 @@ def tiles(head_dim: int) -> Tiles:
     # v8 (NOTES): the output-only main forward runs 8 warps at D = 64 too; the tau kernel's slices are 16 keys wide
     # at D = 64 (learned alphas: the general power is MUFU-bound and wants 4 programs per SM; a fixed alpha of 1.5
     # or 2 takes 32-key slices with late row sums) and a whole tile at D = 128.
+    # v13 (NOTES): on dense rows whole-tile slices made the tau kernel 15-20% faster at alpha = 1.5, 4/3 and 5/4, but
+    # 45% slower at a general alpha (214 registers: 2 programs per SM); they are taken only when no head is general.
+    # A fixed alpha of 1.5 or 2 keeps 32-key slices with late sums, capped at 168 registers (3 per SM): -18%.
     # v12 (NOTES): the scan's split loops took 165 registers at D = 64 (3 programs per SM); capped at 128 (4 per SM,
     # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
-                     solve_bn_square=16, square_solve=(32, 4, True), scan_maxnreg=128)
+                     solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
@@ -100,12 +109,32 @@ def fold_args(t: Tiles) -> dict[str, float]:
     return {"fold_lo": lo, "fold_hi": hi}
 
 
+def solve_settings(t: Tiles, alpha_square: bool, alpha_grid: bool) -> Tiles:
+    """``t`` with the tau kernel's settings for what the host knows of alpha: every head 1.5 or 2, or every head on
+    the multiplication grid. Either way each head still takes its own class's loop: only speed depends on it."""
+    if alpha_square and t.square_solve is not None:
+        bn, warps, late, maxnreg = t.square_solve
+        return dataclasses.replace(t, solve_bn=bn, solve_bn_square=bn, solve_warps=warps, solve_late_sum=late,
+                                   solve_maxnreg=maxnreg)
+    if (alpha_square or alpha_grid) and t.grid_solve_bn:
+        return dataclasses.replace(t, solve_bn_square=t.grid_solve_bn)
+    return t
+
+
 def tau_pass_args(t: Tiles) -> dict[str, int]:
     """The tau passes' slice widths (a slice never exceeds the tile) and row-sum mode as kernel arguments."""
     return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN), "LATE_SUM": t.solve_late_sum}
 
 
+def _launch_args(warps: int, stages: int, maxnreg: int) -> dict[str, int]:
+    return {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+
+
 def scan_launch_args(t: Tiles) -> dict[str, int]:
     """The scan kernel's launch options: warps, stages and, where set, its register cap."""
-    return {"num_warps": t.scan_warps, "num_stages": t.scan_stages,
-            **({"maxnreg": t.scan_maxnreg} if t.scan_maxnreg else {})}
+    return _launch_args(t.scan_warps, t.scan_stages, t.scan_maxnreg)
+
+
+def solve_launch_args(t: Tiles) -> dict[str, int]:
+    """The tau kernel's launch options: warps, stages and, where set, its register cap."""
+    return _launch_args(t.solve_warps, t.solve_stages, t.solve_maxnreg)

@@ -188,3 +188,22 @@ def test_load_report_is_dropped_only_when_it_lists_nothing_but_alpha():
     assert not f.filter(record([alpha_row]))
     assert f.filter(record([alpha_row, "lm_head.weight | MISSING |"]))
     assert f.filter(logging.LogRecord("t", logging.WARNING, "", 0, "something else", (), None))
+
+
+def test_a_snapped_alpha_tells_the_kernels_it_is_on_the_grid(monkeypatch):
+    # learning alphas are never read on the host; once snapped and frozen, every call says so (launch settings)
+    from hf_adasplash.integrations import transformers as integration
+
+    hints = []
+    real = integration.adasplash_attention
+    monkeypatch.setattr(integration, "adasplash_attention",
+                        lambda *a, _alpha_grid=False, **kw: hints.append(_alpha_grid) or real(*a, **kw))
+    model = H.adasplash_model(LLAMA)
+    ids = H.tokens(2, 9)
+    _loss(model, ids).backward()
+    assert hints == [False, False]
+    hints.clear()
+    assert hf_adasplash.snap_alpha(model) == 8
+    with torch.no_grad():
+        model(ids)
+    assert hints == [True, True]
