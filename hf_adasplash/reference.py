@@ -24,12 +24,18 @@ def alpha_per_head(alpha, Hq: int, dtype, device) -> torch.Tensor:
 def powers_by_multiplication(alpha: torch.Tensor | float) -> bool:
     """Whether every alpha is 1 or 1 + 1/n (n = 1..5: 2, 1.5, 4/3, 5/4, 6/5), the values whose powers the kernels
     take by multiplication alone, within the float32 rounding a sigmoid-stored alpha carries. Reads a tensor on the
-    host."""
-    a = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu().reshape(-1)
-    soft = a == 1.0
-    n = 1.0 / torch.where(soft, 2.0, a - 1.0)  # 1 / (alpha - 1): an integer 1..5 on the grid
-    on = ((n - n.round()).abs() <= 2.0**-16 * n) & (n.round() >= 1) & (n.round() <= 5)
-    return bool((soft | on).all())
+    host; a float costs about a microsecond (it is asked on every call with a fixed alpha)."""
+    if isinstance(alpha, torch.Tensor):
+        return all(map(_on_power_grid, alpha.detach().double().cpu().reshape(-1).tolist()))
+    return _on_power_grid(float(alpha))
+
+
+def _on_power_grid(a: float) -> bool:
+    if a == 1.0:
+        return True
+    n = 1.0 / (a - 1.0)
+    r = round(n)
+    return 1 <= r <= 5 and abs(n - r) <= 2.0**-16 * n
 
 
 def attention_reference(
