@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Tiles:
     fold_tol: tuple[float, float] = (16.0, 4.0)
 
 
+@functools.cache  # Tiles is frozen; building it per call cost ~25 us of host time
 def tiles(head_dim: int) -> Tiles:
     """The forward and backward share BM x BN: the backward walks the forward's tile list."""
     BD = max(16, triton.next_power_of_2(head_dim))
@@ -109,6 +111,7 @@ def fold_args(t: Tiles) -> dict[str, float]:
     return {"fold_lo": lo, "fold_hi": hi}
 
 
+@functools.cache
 def solve_settings(t: Tiles, alpha_square: bool, alpha_grid: bool) -> Tiles:
     """``t`` with the tau kernel's settings for what the host knows of alpha: every head 1.5 or 2, or every head on
     the multiplication grid. Either way each head still takes its own class's loop: only speed depends on it."""
