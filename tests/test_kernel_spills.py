@@ -26,3 +26,16 @@ def test_spill_report_refuses_the_interpreter(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--head-dims", "64"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "unset TRITON_INTERPRET" in run.stderr
+
+
+def test_spill_report_lists_the_tau_kernel_once_per_alpha_hint(tmp_path):
+    # the launch settings the host picks from what it knows of alpha (tiling.solve_settings) are separate kernels
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "spills.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--head-dims", "64", "--kernels", "tau", "--json", str(out)],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == ["fwd tau (phase B)", "fwd tau (phase B) 1.5/2 alpha", "fwd tau (phase B) grid alpha"]
+    assert rows["fwd tau (phase B) 1.5/2 alpha"]["regs"] <= 168  # the register cap reaches ptxas
+    assert rows["fwd tau (phase B) grid alpha"]["regs"] > rows["fwd tau (phase B)"]["regs"]  # wider slices
