@@ -21,6 +21,7 @@ from hf_adasplash.kernels.attn_utils import (
     entmax_log2,
     entmax_u,
     kv_range,
+    near1_anchor,
     prescale_q,
     q_range,
     query_block,
@@ -28,6 +29,7 @@ from hf_adasplash.kernels.attn_utils import (
     softcap_grad,
     tile_needs_mask,
     visible,
+    x_of_r,
     z_minus_tau,
 )
 
@@ -93,6 +95,8 @@ def adasplash_bwd_kernel_dq(
         b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
 
     a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
+    anchor = near1_anchor(pm1, DOT_PREC)
+    from_r: tl.constexpr = DOT_PREC == "ieee"
     b_qs = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)  # only for the scores
 
     # rows m0.. use the list of their forward block (BMQ divides BM)
@@ -119,17 +123,18 @@ def adasplash_bwd_kernel_dq(
         b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
                        mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
         # [BMQ, BNS]
-        b_x = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
+        b_r = z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC)
+        b_x = x_of_r(b_r, anchor, DOT_PREC)
         if is_soft:
             b_u = tl.exp2(b_x)  # u = p
         else:
             b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf
-            b_u = entmax_u(b_x, pm1)
+            b_u = entmax_u(b_x, pm1, b_r, from_r)
         b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PREC)
         b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
         if NEED_DALPHA and not O3_FWD:
-            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_u * b_x * entmax_log2(b_x, pm1), 0.0), 1)
+            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_u * b_x * entmax_log2(b_x, pm1, b_r, from_r), 0.0), 1)
     if NEED_DALPHA and not O3_FWD:
         dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
@@ -205,6 +210,7 @@ def adasplash_bwd_kernel_dkv(
         i_h = i_hk * G + i_g
         i_bh = i_b * H + i_h
         a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
+        anchor = near1_anchor(pm1, DOT_PREC)
         q_base = q + i_b64 * stride_qb + i_h * stride_qh
         do_base = do + i_b64 * stride_ob + i_h * stride_oh
         r_base = i_b64 * stride_rb + i_h * stride_rh + bos_q
@@ -240,13 +246,14 @@ def adasplash_bwd_kernel_dkv(
                 vis = visible(o_m[None, :], o_n[:, None], Nk, off, W, b_qp[None, :], b_kp[:, None],
                               b_kpm[:, None], IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM)
                 b_z = tl.where(vis, b_z, float("-inf"))
-            b_x = z_minus_tau(b_z, b_mx[None, :], b_tau[None, :], DOT_PREC)
+            b_r = z_minus_tau(b_z, b_mx[None, :], b_tau[None, :], DOT_PREC)
+            b_x = x_of_r(b_r, anchor, DOT_PREC)
             if is_soft:
                 b_p = tl.exp2(b_x)
                 b_u = b_p
             else:
                 b_x = tl.maximum(b_x, 0.0)
-                b_u = entmax_u(b_x, pm1)
+                b_u = entmax_u(b_x, pm1, b_r, DOT_PREC == "ieee")
                 b_p = b_u * b_x
             b_dv += tl.dot(b_p.to(b_dot.dtype), tl.trans(b_dot), input_precision=DOT_PREC)
             b_dpt = tl.dot(b_v, b_dot, input_precision=DOT_PREC)

@@ -47,10 +47,12 @@ from hf_adasplash.kernels.attn_utils import (
     entmax_xup,
     is_int_power,
     kv_range,
+    near1_anchor,
     prescale_q,
     query_block,
     tile_needs_mask,
     visible,
+    x_of_r,
     z_minus_tau,
 )
 
@@ -195,7 +197,7 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
 
 @triton.jit
 def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m,
-             b_tau, pm1, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, BNT: tl.constexpr,
+             b_tau, pm1, anchor, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, BNT: tl.constexpr,
              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
              HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, KIND: tl.constexpr, NEED_U2: tl.constexpr,
              LATE_SUM: tl.constexpr):
@@ -217,8 +219,12 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                                kpm_base, scale, softcap, zs, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                HAS_SOFTCAP, DOT_PREC)
         # [BM, BNT]
-        b_x = tl.maximum(z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC), 0.0)
-        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, NEED_U2)
+        b_r = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
+        if KIND == POW_NEAR1:  # only this class has an anchor (near1_anchor)
+            b_x = tl.maximum(x_of_r(b_r, anchor, DOT_PREC), 0.0)
+        else:
+            b_x = tl.maximum(b_r, 0.0)
+        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, NEED_U2, b_r, DOT_PREC == "ieee")
         if LATE_SUM:
             if NEED_U2:
                 b_a2 += b_u2
@@ -236,7 +242,7 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
 
 @triton.jit
 def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
-              p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, fold_lo, fold_hi, BM: tl.constexpr,
+              p_gap, p_idx, b_m, scale, softcap, zs, a_m1, pm1, is_soft, anchor, fold_lo, fold_hi, BM: tl.constexpr,
               BN: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -244,7 +250,8 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     Rows with no visible key come back with row max 0 and offset inf. The candidate tiles' list (``p_idx``) ends
-    compacted to the tiles that beat the returned threshold: the output pass and the backward walk it.
+    compacted to the tiles that beat the returned threshold: the output pass and the backward walk it. The offset
+    is from m - anchor (``near1_anchor``), the threshold from m.
     """
     # tau = m + off per row; the offset (in [-1, 0) for entmax, log2 of the normaliser for softmax) is what the
     # kernels carry and store, so that fp32 keeps full precision in x = z - tau however large |z| is
@@ -263,7 +270,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         thr = -SOFT_SKIP  # tau >= m (the normaliser is >= 1): tiles this far below the max hold exact zeros
     else:
         thr = -1.0  # tau >= m - 1: the top entry alone has p <= 1
-    b_tau = tl.where(row_ok, thr, float("inf"))
+    b_tau = tl.where(row_ok, thr + anchor, float("inf"))
     # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
     tl.debug_barrier()
     cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
@@ -284,35 +291,35 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
     else:
         it = 0
         b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
-        b_hi = tl.where(row_ok, 0.0, float("inf"))  # tau < m: the row's top entry always has p > 0
+        b_hi = tl.where(row_ok, anchor, float("inf"))  # tau < m: the row's top entry always has p > 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
             # one loop per alpha class: a runtime branch inside the loop would keep every class's tiles live
             if pm1 == 1.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
-                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_SQUARE, HALLEY, LATE_SUM)
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
+                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                            DOT_PREC, POW_SQUARE, HALLEY, LATE_SUM)
             elif pm1 == 0.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
-                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_LINEAR, False, LATE_SUM)
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
+                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                            DOT_PREC, POW_LINEAR, False, LATE_SUM)
             elif is_int_power(pm1):
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
-                                            BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_INT, HALLEY, LATE_SUM)
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
+                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                            DOT_PREC, POW_INT, HALLEY, LATE_SUM)
             elif pm1 > 32.0:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
-                                            BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
+                                            BN, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                            DOT_PREC, POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
             else:
                 b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, scale, softcap, zs, BM, BN,
-                                            BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC,
-                                            POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
+                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
+                                            BN, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                            DOT_PREC, POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
@@ -346,7 +353,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
             go = (it < MAX_ITERS) & (tl.max((ok & ~b_conv).to(tl.int32), 0) > 0)
         # the output uses a tau at or above the certified bound the tile list is compacted with
         b_tau = tl.where(row_ok, tl.maximum(b_tau, b_lo), b_tau)
-        thr = tl.min(tl.where(row_ok, b_lo, float("inf")), 0)
+        thr = tl.min(tl.where(row_ok, b_lo, float("inf")), 0) - anchor
         # the bound only grew: keep the tiles that still beat it (in place, order kept)
         cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         tl.debug_barrier()
@@ -422,9 +429,9 @@ def adasplash_fwd_tau_kernel(
     b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
                                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
-                                     pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
-                                     HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL,
-                                     LATE_SUM)
+                                     pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
+                                     IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
+                                     HALLEY, HALLEY_GENERAL, LATE_SUM)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -433,7 +440,7 @@ def adasplash_fwd_tau_kernel(
 
 @triton.jit
 def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM: tl.constexpr,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM: tl.constexpr,
                 BN: tl.constexpr, BD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr,
                 NEED_BWD: tl.constexpr, NEED_ENT: tl.constexpr, O3_FWD: tl.constexpr, KIND: tl.constexpr,
@@ -456,11 +463,11 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
         b_v = tl.load(v_base + o_n[:, None].to(tl.int64) * stride_vn + o_d[None, :],
                       mask=(o_n[:, None] < Nk) & m_d[None, :], other=0.0)
         # [BM, BN]
-        b_x = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller: see adasplash_fwd_kernel
-        b_x, b_u, b_p = entmax_xup(b_x, pm1, is_soft, KIND)
+        b_r = z_minus_tau(b_z, b_mc, b_tc, DOT_PREC)  # rows broadcast by the caller: see adasplash_fwd_kernel
+        b_x, b_u, b_p = entmax_xup(x_of_r(b_r, anchor, DOT_PREC), pm1, is_soft, KIND, b_r, DOT_PREC == "ieee")
         if KIND != POW_SOFTMAX:
             if NEED_ENT:
-                b_pl = tl.where(b_x > 0, b_p * entmax_log2_of(b_x, pm1, KIND), 0.0)
+                b_pl = tl.where(b_x > 0, b_p * entmax_log2_of(b_x, pm1, KIND, b_r, DOT_PREC == "ieee"), 0.0)
                 b_ent += tl.sum(b_pl, 1)
                 if O3_FWD:
                     b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)
@@ -506,6 +513,7 @@ def adasplash_fwd_kernel(
     kpm_base = kpm + i_b64 * stride_mb
 
     a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
+    anchor = near1_anchor(pm1, DOT_PREC)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
 
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
@@ -532,7 +540,7 @@ def adasplash_fwd_kernel(
                              HAS_KPM, HAS_SOFTCAP, DOT_PREC)
         b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
-                                         pm1, is_soft, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
+                                         pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
                                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
                                          HALLEY_GENERAL, LATE_SUM)
 
@@ -547,37 +555,37 @@ def adasplash_fwd_kernel(
         # fp32: one loop for every class. Per-class loops made Triton 3.6 spill ~10 KiB of stack here (the rows
         # broadcast to five branches); fp32 is the accuracy path, bf16/fp16 the fast one
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_ANY, FOLD)
     elif is_soft:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_SOFTMAX, FOLD)
     elif pm1 == 1.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_SQUARE, FOLD)
     elif pm1 == 0.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_LINEAR, FOLD)
     elif is_int_power(pm1):
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_INT, FOLD)
     elif pm1 > 32.0:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_NEAR1, FOLD)
     else:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
-                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, scale, softcap, zs, BM,
+                          W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_GENERAL, FOLD)
     b_o, b_o2, b_su, b_ent, b_o3, b_sp = res
@@ -593,7 +601,7 @@ def adasplash_fwd_kernel(
             # any point: a certified bound, one step tighter than the tau kernel's (whose loop stopped a pass early),
             # so the list the backward walks keeps only the tiles that beat it
             b_lo = tl.where(b_su > 0, b_tau + b_cn * a_m1, float("inf"))
-            thr = tl.where(is_soft, thr, tl.maximum(thr, tl.min(b_lo, 0)))
+            thr = tl.where(is_soft, thr, tl.maximum(thr, tl.min(b_lo, 0) - anchor))
             tl.debug_barrier()  # every thread is done with the list before it is compacted in place
             cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         b_tau += b_c * a_m1

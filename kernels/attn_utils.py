@@ -214,16 +214,60 @@ def log2_near1(b_x):
 
 
 @triton.jit
-def entmax_log2(b_x, pm1):
+def log2_1p_near(b_r):
+    """log2(1 + r) for r in [-1, 0], ~1e-8 relative near r = 0: ``log2_near1`` from r = x - 1 itself, which an fp32
+    head near alpha = 1 carries to full precision (``near1_anchor``) where x, ~1, would be rounded to 6e-8."""
+    b_t = b_r / (b_r + 2.0)
+    b_t2 = b_t * b_t
+    b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
+    b_s = b_s * b_t2 + 1.0 / 9.0
+    b_s = b_s * b_t2 + 1.0 / 7.0
+    b_s = b_s * b_t2 + 1.0 / 5.0
+    b_s = b_s * b_t2 + 1.0 / 3.0
+    b_s = b_s * b_t2 + 1.0
+    return tl.where(b_r >= -0.5, (2.0 * 1.4426950408889634) * b_t * b_s, tl.log2(1.0 + b_r))
+
+
+@triton.jit
+def near1_anchor(pm1, DOT_PREC: tl.constexpr):
+    """How far below the row max an fp32 head near alpha = 1 (pm1 > 32) anchors its tau offset: 1, else 0.
+
+    Such a head carries ``tau - (m - 1)`` instead of ``tau - m``, so r = (z - m) - offset is x - 1 to full precision:
+    x = z - tau itself sits near 1, where fp32 rounds it to 6e-8, and p = x^(1/(alpha-1)) multiplies that error by
+    up to 1e4 (d(alpha) was off by 160% at alpha = 1.0001). Half-precision inputs keep the plain offset: their own
+    rounding is far above it. Softmax heads have pm1 = 0.
+    """
+    if DOT_PREC == "ieee":
+        anchor = tl.where(pm1 > 32.0, 1.0, 0.0)
+    else:
+        anchor = 0.0
+    return anchor
+
+
+@triton.jit
+def x_of_r(b_r, anchor, DOT_PREC: tl.constexpr):
+    """x = z - tau from r = (z - m) - stored offset (``near1_anchor``); half precision has no anchor."""
+    b_x = b_r
+    if DOT_PREC == "ieee":
+        b_x = b_r + anchor
+    return b_x
+
+
+@triton.jit
+def entmax_log2(b_x, pm1, b_r=None, FROM_R: tl.constexpr = False):
     """log2(x) for x in [0, 1], accurate near x = 1 when alpha is close to 1 (pm1 = 1/(alpha-1) - 1 > 32).
 
     The powers x^(1/(alpha-1)) multiply log2(x) by up to 1e4 there, and the hardware log2 (absolute error ~1e-7,
     not even exactly 0 at x = 1) would cost ~1e-3 of relative accuracy. ln x = 2 atanh(t), t = (x-1)/(x+1), is exact
     at x = 1 and ~1e-8 relative for x >= 1/2; below 1/2, x^pm1 < 2^-32 and the hardware log2 is good enough.
+    ``FROM_R``: fp32, where such a head also has r = x - 1 exactly (``near1_anchor``).
     """
     b_l = tl.log2(b_x)
     if pm1 > 32.0:
-        b_l = log2_near1(b_x)
+        if FROM_R:
+            b_l = log2_1p_near(b_r)
+        else:
+            b_l = log2_near1(b_x)
     return b_l
 
 
@@ -244,8 +288,9 @@ INT_POW_TOL = tl.constexpr(1.52587890625e-05)  # 2^-16
 
 
 @triton.jit
-def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
-    """(u, u2) = (x^(p-1), x^(p-2)) for clamped x >= 0 (0 off the support) on a constexpr ``POW_*`` path."""
+def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr, b_r=None, FROM_R: tl.constexpr = False):
+    """(u, u2) = (x^(p-1), x^(p-2)) for clamped x >= 0 (0 off the support) on a constexpr ``POW_*`` path
+    (``FROM_R``: the near-1 path takes its log from r = x - 1, see ``near1_anchor``)."""
     if KIND == POW_SQUARE:
         b_u = b_x
         b_u2 = tl.where(b_x > 0, 1.0, 0.0)
@@ -270,7 +315,10 @@ def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
             # differ from tau by at least its ulp)
             b_xl = tl.maximum(b_x, MIN_LOG_X)
         if KIND == POW_NEAR1:
-            b_l = log2_near1(b_xl)
+            if FROM_R:
+                b_l = log2_1p_near(b_r)
+            else:
+                b_l = log2_near1(b_xl)
         else:
             b_l = tl.log2(b_xl)
         if NEED_U2:
@@ -285,9 +333,9 @@ def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr):
 
 
 @triton.jit
-def entmax_xup(b_x, pm1, is_soft, KIND: tl.constexpr):
+def entmax_xup(b_x, pm1, is_soft, KIND: tl.constexpr, b_r=None, FROM_R: tl.constexpr = False):
     """(x, u, p) from x = z - tau on a ``POW_*`` path: x clamped at 0 for entmax heads, u = x^(p-1) and the
-    probability p = u x (softmax heads: p = u = exp2(x), x as given)."""
+    probability p = u x (softmax heads: p = u = exp2(x), x as given). ``FROM_R``: see ``entmax_log2``."""
     if KIND == POW_SOFTMAX:
         b_p = tl.exp2(b_x)
         b_u = b_p
@@ -297,29 +345,32 @@ def entmax_xup(b_x, pm1, is_soft, KIND: tl.constexpr):
             b_u = b_p
         else:
             b_x = tl.maximum(b_x, 0.0)  # hidden entries are -inf: 0 * -inf would be NaN
-            b_u = entmax_u(b_x, pm1)
+            b_u = entmax_u(b_x, pm1, b_r, FROM_R)
             b_p = b_u * b_x
     else:
         b_x = tl.maximum(b_x, 0.0)
-        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, False)
+        b_u, b_u2 = entmax_u_u2_of(b_x, pm1, KIND, False, b_r, FROM_R)
         b_p = b_u * b_x
     return b_x, b_u, b_p
 
 
 @triton.jit
-def entmax_log2_of(b_x, pm1, KIND: tl.constexpr):
+def entmax_log2_of(b_x, pm1, KIND: tl.constexpr, b_r=None, FROM_R: tl.constexpr = False):
     """log2(x) on a ``POW_*`` path (accurate near x = 1 where alpha is near 1, as ``entmax_log2``)."""
     if KIND == POW_NEAR1:
-        b_l = log2_near1(b_x)
+        if FROM_R:
+            b_l = log2_1p_near(b_r)
+        else:
+            b_l = log2_near1(b_x)
     elif KIND == POW_ANY:
-        b_l = entmax_log2(b_x, pm1)
+        b_l = entmax_log2(b_x, pm1, b_r, FROM_R)
     else:
         b_l = tl.log2(b_x)
     return b_l
 
 
 @triton.jit
-def entmax_u(b_x, pm1):
+def entmax_u(b_x, pm1, b_r=None, FROM_R: tl.constexpr = False):
     """u = x^(1/(alpha-1) - 1) for clamped x >= 0 (0 off the support), so that p = u * x.
 
     alpha = 1.5 (u = x), 2 (u = 1) and 4/3, 5/4, 6/5 (u = x^2, x^3, x^4) skip the two transcendental ops per element
@@ -332,7 +383,7 @@ def entmax_u(b_x, pm1):
     elif is_int_power(pm1):
         b_u, b_u2 = entmax_u_u2_of(b_x, pm1, POW_INT, False)
     else:
-        b_u = tl.where(b_x > 0, tl.exp2(pm1 * entmax_log2(b_x, pm1)), 0.0)
+        b_u = tl.where(b_x > 0, tl.exp2(pm1 * entmax_log2(b_x, pm1, b_r, FROM_R)), 0.0)
     return b_u
 
 

@@ -88,10 +88,11 @@ def _opts(warps: int, stages: int) -> dict:
     return {"num_warps": warps, "num_stages": stages}
 
 
-def cases(D: int, t):
-    """(name, kernel, constexprs, compile options) for every specialisation a causal bf16 launch uses."""
+def cases(D: int, t, fp32: bool = False):
+    """(name, kernel, constexprs, compile options) for every specialisation a causal launch uses (bf16/fp16, or
+    fp32: exact-precision dots, and the forward's main kernel at most 2 stages, as ``attention_ops`` launches it)."""
     BD = t.BD
-    base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **FLAGS)
+    base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **dict(FLAGS, DOT_PREC="ieee" if fp32 else "tf32"))
     fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
                HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
     if t.scan:
@@ -111,11 +112,12 @@ def cases(D: int, t):
                    solve_launch_args(ts))
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
-    fwd_opts = _opts(t.fwd_warps, t.fwd_stages)
+    cap = 2 if fp32 else 99
+    fwd_opts = _opts(t.fwd_warps, min(t.fwd_stages, cap))
     yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), fwd_opts
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), fwd_opts
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
-           _opts(t.fwd_ent_warps or t.fwd_warps, t.fwd_ent_stages or t.fwd_stages))
+           _opts(t.fwd_ent_warps or t.fwd_warps, min(t.fwd_ent_stages or t.fwd_stages, cap)))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd)
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
     yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), bwd_opts
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--head-dims", default="64,128", help="comma list (default: 64,128)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (default: 90, Hopper)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Tiles field, e.g. --set fwd_warps=8 --set o3_fwd=0 (repeatable)")
     p.add_argument("--kernels", default="", help="only the specialisations whose name contains this (e.g. 'dq')")
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
     rows = []
     for D in (int(d) for d in args.head_dims.split(",")):
         t = with_fields(tiles(D), args.set)
-        for name, kernel, constexprs, options in cases(D, t):
+        for name, kernel, constexprs, options in cases(D, t, fp32=args.dtype == "fp32"):
             if args.kernels not in name:
                 continue
             warps, stages = options["num_warps"], options["num_stages"]

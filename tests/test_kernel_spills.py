@@ -39,3 +39,15 @@ def test_spill_report_lists_the_tau_kernel_once_per_alpha_hint(tmp_path):
     assert sorted(rows) == ["fwd tau (phase B)", "fwd tau (phase B) 1.5/2 alpha", "fwd tau (phase B) grid alpha"]
     assert rows["fwd tau (phase B) 1.5/2 alpha"]["regs"] <= 168  # the register cap reaches ptxas
     assert rows["fwd tau (phase B) grid alpha"]["regs"] > rows["fwd tau (phase B)"]["regs"]  # wider slices
+
+
+def test_spill_report_compiles_the_fp32_kernels(tmp_path):
+    # fp32 inputs take exact-precision dots (DOT_PREC "ieee"): their own specialisations, reported on request
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "spills.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--head-dims", "64", "--dtype", "fp32", "--kernels",
+                          "dq fixed", "--json", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["dq fixed alpha"] and rows[0]["regs"] > 0

@@ -360,6 +360,25 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
             assert torch.equal(x, y)
 
 
+def test_fp32_heads_near_alpha_1_keep_x_minus_1_exact():
+    # at alpha = 1.0001, p = x^(1/(alpha-1)) multiplies x's rounding near 1 (6e-8 in fp32) by 1e4: such heads carry
+    # tau from m - 1, so r = x - 1 is exact and the power takes log1p(r). Output and dq/dk/dv then match float64
+    # like the dense fp32 reference does (the plain offset gave 7e-5 / 2e-4 at 1.0001 and 8e-6 / 2e-5 at 1.001)
+    torch.manual_seed(0)
+    alphas = [1.0001, 1.001, 1.01, 1.03, 1.5]
+    q, k, v = _grad_inputs(1, len(alphas), len(alphas), 70, 70, 32, torch.float32)
+    a = torch.tensor(alphas, dtype=torch.float64)
+    out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    g = torch.randn_like(out)
+    got = (out, *torch.autograd.grad(out, (q, k, v), g))
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = attention_reference(qd, kd, vd, a, is_causal=True)
+    want = (ref, *torch.autograd.grad(ref, (qd, kd, vd), g.double()))
+    for name, x, y in zip(("out", "dq", "dk", "dv"), got, want):
+        err = (x.double() - y).abs().amax(dim=(0, 2, 3)) / y.abs().amax()
+        assert (err <= 2e-6).all(), (name, err.tolist())
+
+
 def test_half_precision_tau_tolerance_near_alpha_1_and_2():
     # half-precision inputs take a looser tau tolerance at alpha = 1.5; near alpha = 2 (x^(p-2) ~ 1/x) and alpha = 1
     # it must tighten again: a 2^-6 step tolerance at alpha = 1.999 gave 1e-2 output error in fp16 (GPU matrix)

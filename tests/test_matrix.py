@@ -247,13 +247,14 @@ ALPHA_NEAR_1 = ("alpha=1.0001 head in fp32: x = z - tau ~ 1 is rounded to ~6e-8 
 ONE_HOT_DK = ("one-hot rows at |s|~1e4: dS = u (dP - dO.O2) does not cancel exactly, |q|~1e4 amplifies it: dk "
               "error ~2e-3 where the truth (and the reference) is exactly 0")
 KNOWN_TRITON = {
-    "B2H4-2-q9k7-d32-f32-mix1-causal-pad-batch": ALPHA_NEAR_1,
     "B1H2-2-q33k33-d64-f32-a1.5-causal-s10000": ONE_HOT_DK,
 }
 
 
 def _known_on_gpu(c: Case) -> str | None:
-    """The same two defects in the GPU slice (found there on an H100), by rule rather than by id."""
+    """The same defects in the GPU slice (found there on an H100), by rule rather than by id. ALPHA_NEAR_1 is fixed
+    in the interpreter since fp32 heads near alpha = 1 carry tau from m - 1 (``near1_anchor``); it stays marked (not
+    strict) on the GPU until the GPU matrix has run with that change."""
     alphas = c.alpha if isinstance(c.alpha, list) else [c.alpha]
     if c.dtype == "f32" and 1.0001 in alphas:
         return ALPHA_NEAR_1
