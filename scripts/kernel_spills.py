@@ -23,6 +23,7 @@ from pathlib import Path
 
 import triton
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
+from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
@@ -122,6 +123,7 @@ def cases(D: int, t, fp32: bool = False):
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
     yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), bwd_opts
     yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), bwd_opts
+    yield "dalpha per entry", adasplash_bwd_kernel_dalpha_per_entry, dict(base, BNS=t.BNS, BMQ=t.BMQ), bwd_opts
     yield ("dk/dv", adasplash_bwd_kernel_dkv, dict(base, CH=LIST_CHUNK, BMS=t.BMS),
            _opts(t.dkv_warps or t.bwd_warps, t.dkv_stages or t.bwd_stages))
 

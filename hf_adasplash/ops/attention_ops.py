@@ -15,6 +15,7 @@ import torch
 import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
+from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from hf_adasplash.ops.tiling import (
     LIST_CHUNK,
@@ -237,6 +238,11 @@ def attn_bwd(
         BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, **common,
     )
     if need_dalpha:
+        # heads with alpha < 1.2 redo their rows per entry, without the row-sum form's cancellation (others
+        # return at once)
+        adasplash_bwd_kernel_dalpha_per_entry[(triton.cdiv(NQ, t.BMQ), B * Hq)](
+            do=do, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt, BNS=t.BNS, BMQ=t.BMQ, **common,
+        )
         # per-row buffer then one reduction per head: deterministic, no atomics
         dalpha = (dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)).to(alpha.dtype)
     if NKB == 0 or not need_dkv:
