@@ -34,7 +34,7 @@ PER_ENTRY_PM1 = tl.constexpr(4.0)  # heads with pm1 = 1/(alpha-1) - 1 above this
 
 
 @triton.jit
-def per_entry_terms(b_r, anchor, a_m1, DOT_PREC: tl.constexpr):
+def per_entry_terms(b_r, anchor, a_m1):
     """(p, l = ln p, phi = ln x - y / x) of a head's entries from r = (z - m) - offset; 0 off the support."""
     b_y = b_r + (anchor - 1.0)  # x - 1: exact where the offset is anchored at m - 1 (near1_anchor)
     on = b_y > -1.0
@@ -60,16 +60,16 @@ def per_entry_terms(b_r, anchor, a_m1, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def per_entry_tile(b_qs, k_base, v_base, stride_kn, stride_vn, p_idx, js, b_mx, b_tau, anchor, a_m1, o_m, o_d, m_d, m0,
-               m1, Nk, off, W, b_qp, k_pos_base, kpm_base, scale, softcap, zs, BN: tl.constexpr, BNS: tl.constexpr,
-               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
-               HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+def per_entry_tile(b_qs, k_base, stride_kn, p_idx, js, b_mx, b_tau, anchor, a_m1, o_m, o_d, m_d, m0, m1, Nk, off, W,
+                   b_qp, k_pos_base, kpm_base, scale, softcap, zs, BN: tl.constexpr, BNS: tl.constexpr,
+                   IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+                   HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
     """Slice ``js`` of the listed tiles: (p, l, phi) of its [BMQ, BNS] entries and the offsets of its keys."""
     n0 = tl.load(p_idx + js // (BN // BNS)) * BN + (js % (BN // BNS)) * BNS
     b_z, b_kt = score_tile(b_qs, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
                            kpm_base, scale, softcap, zs, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
                            DOT_PREC)
-    b_p, b_l, b_phi = per_entry_terms(z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC), anchor, a_m1, DOT_PREC)
+    b_p, b_l, b_phi = per_entry_terms(z_minus_tau(b_z, b_mx[:, None], b_tau[:, None], DOT_PREC), anchor, a_m1)
     return b_p, b_l, b_phi, n0 + tl.arange(0, BNS)
 
 
@@ -125,20 +125,20 @@ def adasplash_bwd_kernel_dalpha_per_entry(
     b_h = tl.zeros([BMQ], dtype=tl.float32)
     b_phi_sum = tl.zeros([BMQ], dtype=tl.float32)
     for js in range(0, cnt * (BN // BNS)):
-        b_p, b_l, b_phi, o_n = per_entry_tile(b_qs, k_base, v_base, stride_kn, stride_vn, p_idx, js, b_mx, b_tau,
-                                              anchor, a_m1, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                                              kpm_base, scale, softcap, zs, BN, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                                              HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        b_p, b_l, b_phi, o_n = per_entry_tile(b_qs, k_base, stride_kn, p_idx, js, b_mx, b_tau, anchor, a_m1, o_m,
+                                              o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base, scale, softcap,
+                                              zs, BN, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                              DOT_PREC)
         b_h += tl.sum(b_p * b_l, 1)
         b_phi_sum += tl.sum(b_p * b_phi, 1)
     b_w = b_phi_sum - a_m1 * b_h  # W = sum p w, w = 1/x - 1
     # pass 2: sum dP p [D (1 - a H) - (l - H) Phi] with D = (Phi - phi) / a
     b_g = tl.zeros([BMQ], dtype=tl.float32)
     for js in range(0, cnt * (BN // BNS)):
-        b_p, b_l, b_phi, o_n = per_entry_tile(b_qs, k_base, v_base, stride_kn, stride_vn, p_idx, js, b_mx, b_tau,
-                                              anchor, a_m1, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                                              kpm_base, scale, softcap, zs, BN, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                                              HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+        b_p, b_l, b_phi, o_n = per_entry_tile(b_qs, k_base, stride_kn, p_idx, js, b_mx, b_tau, anchor, a_m1, o_m,
+                                              o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base, kpm_base, scale, softcap,
+                                              zs, BN, BNS, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                              DOT_PREC)
         # [BD, BNS]
         b_vt = tl.load(v_base + o_n[None, :].to(tl.int64) * stride_vn + o_d[:, None],
                        mask=m_d[:, None] & (o_n[None, :] < Nk), other=0.0)
