@@ -19,7 +19,7 @@ and only while alpha learns.
 
 import triton
 import triton.language as tl
-from hf_adasplash.kernels.attn_fwd import score_tile
+from hf_adasplash.kernels.attn_fwd import load_q_block, score_tile
 from hf_adasplash.kernels.attn_utils import (
     alpha_terms,
     log2_1p_near,
@@ -96,16 +96,10 @@ def adasplash_bwd_kernel_dalpha_per_entry(
         return
     anchor = near1_anchor(pm1, DOT_PREC)
     off = Nk - Nq
-    o_m = m0 + tl.arange(0, BMQ)
-    o_d = tl.arange(0, BD)
-    m_row = o_m < Nq
-    m_d = o_d < D
-    m_qd = m_row[:, None] & m_d[None, :]
-    o_tok = (bos_q + o_m).to(tl.int64)
-    b_q = tl.load(q + i_b64 * stride_qb + i_h * stride_qh + o_tok[:, None] * stride_qn + o_d[None, :], mask=m_qd,
-                  other=0.0)
-    b_do = tl.load(do + i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :], mask=m_qd,
-                   other=0.0)
+    o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
+                                                          stride_qn, stride_pqb, BMQ, BD, D, HAS_POS)
+    b_do = tl.load(do + i_b64 * stride_ob + i_h * stride_oh + o_tok[:, None] * stride_on + o_d[None, :],
+                   mask=m_row[:, None] & m_d[None, :], other=0.0)
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     b_mx = tl.load(tau + p_row, mask=m_row, other=0.0)
     b_tau = tl.load(tau + stride_rs + p_row, mask=m_row, other=float("inf"))
@@ -113,9 +107,6 @@ def adasplash_bwd_kernel_dalpha_per_entry(
     v_base = v + i_b64 * stride_vb + i_hk * stride_vh + bos_k.to(tl.int64) * stride_vn
     k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
     kpm_base = kpm + i_b64 * stride_mb
-    b_qp = o_m
-    if HAS_POS:
-        b_qp = tl.load(q_pos + i_b64 * stride_pqb + bos_q + o_m, mask=m_row, other=0)
     b_qs = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
     i_blk = m0 // BM
     p_idx = tile_idx + (i_bh.to(tl.int64) * NMB + i_blk) * NKB

@@ -200,9 +200,8 @@ def softcap_grad(b_z, b_ds, softcap, zs, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def log2_near1(b_x):
-    """log2(x) for x in [0, 1] with ~1e-8 relative accuracy near x = 1 (see ``entmax_log2``)."""
-    b_t = (b_x - 1.0) / (b_x + 1.0)  # x - 1 is exact for x in [1/2, 1]
+def log2_atanh(b_t):
+    """log2(x) as 2 atanh(t) / ln 2 with t = (x - 1) / (x + 1), by its series: ~1e-8 relative for x in [1/2, 1]."""
     b_t2 = b_t * b_t
     b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
     b_s = b_s * b_t2 + 1.0 / 9.0
@@ -210,22 +209,21 @@ def log2_near1(b_x):
     b_s = b_s * b_t2 + 1.0 / 5.0
     b_s = b_s * b_t2 + 1.0 / 3.0
     b_s = b_s * b_t2 + 1.0
-    return tl.where(b_x >= 0.5, (2.0 * 1.4426950408889634) * b_t * b_s, tl.log2(b_x))
+    return (2.0 * 1.4426950408889634) * b_t * b_s
+
+
+@triton.jit
+def log2_near1(b_x):
+    """log2(x) for x in [0, 1] with ~1e-8 relative accuracy near x = 1 (see ``entmax_log2``)."""
+    # x - 1 is exact for x in [1/2, 1]
+    return tl.where(b_x >= 0.5, log2_atanh((b_x - 1.0) / (b_x + 1.0)), tl.log2(b_x))
 
 
 @triton.jit
 def log2_1p_near(b_r):
     """log2(1 + r) for r in [-1, 0], ~1e-8 relative near r = 0: ``log2_near1`` from r = x - 1 itself, which an fp32
     head near alpha = 1 carries to full precision (``near1_anchor``) where x, ~1, would be rounded to 6e-8."""
-    b_t = b_r / (b_r + 2.0)
-    b_t2 = b_t * b_t
-    b_s = b_t2 * (1.0 / 13.0) + 1.0 / 11.0
-    b_s = b_s * b_t2 + 1.0 / 9.0
-    b_s = b_s * b_t2 + 1.0 / 7.0
-    b_s = b_s * b_t2 + 1.0 / 5.0
-    b_s = b_s * b_t2 + 1.0 / 3.0
-    b_s = b_s * b_t2 + 1.0
-    return tl.where(b_r >= -0.5, (2.0 * 1.4426950408889634) * b_t * b_s, tl.log2(1.0 + b_r))
+    return tl.where(b_r >= -0.5, log2_atanh(b_r / (b_r + 2.0)), tl.log2(1.0 + b_r))
 
 
 @triton.jit

@@ -412,22 +412,28 @@ def test_half_precision_tau_tolerance_near_alpha_1_and_2():
     assert (err <= 2e-3).all(), err  # fp16 rounding of p and the output: ~5e-4
 
 
-def test_fixed_square_alpha_takes_its_own_tau_settings(monkeypatch):
-    # a float alpha of 1.5 (known on the host) runs the tau kernel with Tiles.square_solve; the same alpha as a
-    # tensor runs the general settings: both match the reference, and each other to fp32 rounding
-    from hf_adasplash.ops import tiling
-
+def _spy_tau_launches(monkeypatch, *keys):
+    """The tau kernel's launch arguments ``keys`` of every launch, in order (the kernel still runs)."""
     seen = []
     real = attention_ops.adasplash_fwd_tau_kernel
 
     class Spy:
         def __getitem__(self, grid):
             def launch(**kw):
-                seen.append((kw["BNT"], kw["LATE_SUM"]))
+                seen.append(tuple(kw[key] for key in keys))
                 return real[grid](**kw)
             return launch
 
     monkeypatch.setattr(attention_ops, "adasplash_fwd_tau_kernel", Spy())
+    return seen
+
+
+def test_fixed_square_alpha_takes_its_own_tau_settings(monkeypatch):
+    # a float alpha of 1.5 (known on the host) runs the tau kernel with Tiles.square_solve; the same alpha as a
+    # tensor runs the general settings: both match the reference, and each other to fp32 rounding
+    from hf_adasplash.ops import tiling
+
+    seen = _spy_tau_launches(monkeypatch, "BNT", "LATE_SUM")
     q, k, v = _grad_inputs(1, 2, 2, 70, 70, 32, torch.float32)
     outs = {}
     for name, a in (("float", 1.5), ("tensor", torch.tensor(1.5, dtype=torch.float64))):
@@ -447,17 +453,7 @@ def test_alpha_on_the_grid_takes_the_grid_tau_settings_and_a_wrong_hint_stays_ex
     # settings only: a general alpha marked as on the grid must still match the reference
     from hf_adasplash.ops import tiling
 
-    seen = []
-    real = attention_ops.adasplash_fwd_tau_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(**kw):
-                seen.append(kw["BNT_SQ"])
-                return real[grid](**kw)
-            return launch
-
-    monkeypatch.setattr(attention_ops, "adasplash_fwd_tau_kernel", Spy())
+    seen = _spy_tau_launches(monkeypatch, "BNT_SQ")
     t = tiling.tiles(32)
     assert t.grid_solve_bn != t.solve_bn_square  # else this test checks nothing
     torch.manual_seed(0)
@@ -470,7 +466,7 @@ def test_alpha_on_the_grid_takes_the_grid_tau_settings_and_a_wrong_hint_stays_ex
         seen.clear()
         out = adasplash_attention_triton(q, k, v, alpha, is_causal=True, alpha_grid=hint)
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-        assert seen == [min(bnt, t.BN)], (alpha, hint)
+        assert seen == [(min(bnt, t.BN),)], (alpha, hint)
         ref = attention_reference(q.double(), k.double(), v.double(), alpha, is_causal=True)
         rdq, rdk, rdv = torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref))
         for x, y in ((out, ref), (dq, rdq), (dk, rdk), (dv, rdv)):
