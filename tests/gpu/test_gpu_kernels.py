@@ -94,6 +94,38 @@ def test_accuracy(case):
         assert errs[n] <= bounds[n], f"{n}: {errs[n]:.3e} > {bounds[n]:.3e}"
 
 
+NEAR_1 = [1.0001, 1.001, 1.01, 1.05, 1.15, 1.5]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_near_alpha_1(D, dtype):
+    # fp32 heads below 1.03 carry tau from m - 1 (exact x - 1) and heads below 1.2 sum d(alpha) per entry
+    # (attn_bwd_dalpha): per head, out/dq/dk/dv within the fp32 bar (1e-5 / 1e-4) and d(alpha) within 1e-4
+    # (fp32) or 2e-2 (fp16: the row-sum form was 150% off at 1.05)
+    H = len(NEAR_1)
+    torch.manual_seed(D)
+    q, k, v = (torch.randn(2, H, 1000, D, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
+    alpha = torch.tensor(NEAR_1, device=DEV, requires_grad=True)
+    out = adasplash_attention_triton(q, k, v, alpha, is_causal=True)
+    do = torch.randn_like(out)
+    got = (out, *torch.autograd.grad(out, (q, k, v, alpha), do))
+    x64 = [t.detach().double().requires_grad_() for t in (q, k, v, alpha)]
+    ref = attention_reference(*x64[:3], x64[3], is_causal=True)
+    want = (ref, *torch.autograd.grad(ref, x64, do.double()))
+    errs = {}
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        errs[name] = ((a.double() - b).abs().amax(dim=(0, 2, 3)) / b.abs().amax()).tolist()
+    errs["dalpha"] = ((got[4].double() - want[4]).abs() / want[4].abs()).tolist()
+    print(f"\nnear 1, D={D} {dtype}: " + " ".join(f"{n}={max(e):.1e}" for n, e in errs.items()))
+    if dtype == torch.float32:
+        bounds = {"out": 1e-5, "dq": 1e-4, "dk": 1e-4, "dv": 1e-4, "dalpha": 1e-4}
+    else:
+        bounds = {"out": 2e-2, "dq": 2e-2, "dk": 2e-2, "dv": 2e-2, "dalpha": 2e-2}
+    for n, e in errs.items():
+        assert max(e) <= bounds[n], (n, dict(zip(NEAR_1, e)))
+
+
 def _bench(fn, warmup=10, rep=40):
     from triton.testing import do_bench
 
@@ -125,9 +157,11 @@ def _block_sparsity(q, k, v, alpha):
 
 
 # (D, N, pos, alpha): alpha = 1.5 is the official kernels' case; 1.25 takes the multiplication-only powers (v11),
-# 1.3 the general power (two transcendental ops per element and pass), as every learned alpha off that grid does
+# 1.3 the general power (two transcendental ops per element and pass), as every learned alpha off that grid does;
+# 1.15 adds the per-entry d(alpha) kernel
 TIMING = [(64, 4096, 0.0, 1.5), (64, 4096, 2.0, 1.5), (128, 4096, 0.0, 1.5), (64, 16384, 2.0, 1.5),
-          (128, 16384, 2.0, 1.5), (64, 4096, 0.0, 1.25), (64, 16384, 2.0, 1.25), (64, 4096, 0.0, 1.3)]
+          (128, 16384, 2.0, 1.5), (64, 4096, 0.0, 1.25), (64, 16384, 2.0, 1.25), (64, 4096, 0.0, 1.3),
+          (64, 4096, 0.0, 1.15)]  # below 1.2: d(alpha) per entry (attn_bwd_dalpha), two more passes
 
 
 def _time_case(D, N, pos, alpha_value=1.5):
