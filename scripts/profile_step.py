@@ -95,8 +95,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=15, help="kernels listed by name")
+    p.add_argument("--op-dispatch", action="store_true",
+                   help="route eager calls through the torch.library ops, as before 2026-11 (their host cost)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.op_dispatch:
+        from hf_adasplash.ops import attention
+
+        attention._eager = lambda q: False
 
     model, ids, opt = build(args)
     for _ in range(args.warmup):  # compiles the kernels, fills the caching allocator
@@ -116,7 +122,7 @@ def main(argv=None) -> int:
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]
     result = {
         "model": args.model, "attn": args.attn, "alpha": args.alpha if args.attn == "adasplash" else None,
-        "alpha_snapped": args.snap,
+        "alpha_snapped": args.snap, "op_dispatch": args.op_dispatch,
         "dataset": args.dataset, "context_length": args.context_length, "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "step_ms": step_s * 1e3, "tokens_per_s": ids.numel() / step_s, "kernel_ms_per_step": total / 1e3,

@@ -224,6 +224,31 @@ def test_custom_op_fake_and_compile():
     assert ag.grad is not None and torch.isfinite(ag.grad).all()
 
 
+def test_eager_calls_skip_the_op_dispatch_and_traces_keep_it(monkeypatch):
+    # the torch.library dispatch cost ~1 ms of host time per call on the GPU machine: plain tensors call the
+    # implementations directly; fake tensors (torch.compile, export) must still meet the registered ops and fakes
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from hf_adasplash.ops import attention_ops
+
+    direct = []
+    for name in ("attn_fwd_impl", "attn_bwd_impl"):
+        real = getattr(attention_ops, name)
+        monkeypatch.setattr(attention_ops, name, lambda *a, _r=real, _n=name: direct.append(_n) or _r(*a))
+    q, k, v = (torch.randn(1, 2, 20, 32, requires_grad=True) for _ in range(3))
+    a = torch.tensor([1.5, 1.25], requires_grad=True)
+    out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    out.sum().backward()
+    assert direct == ["attn_fwd_impl", "attn_bwd_impl"]
+    ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=True)
+    assert (out.double() - ref).abs().max().item() <= 2e-6
+    plain = [t.detach() for t in (q, k, v)]
+    with FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(t) for t in plain)
+        fake = adasplash_attention_triton(fq, fk, fv, 1.5, is_causal=True)
+    assert fake.shape == q.shape and direct == ["attn_fwd_impl", "attn_bwd_impl"]
+
+
 def test_short_queries_without_grad_route_to_decode():
     from hf_adasplash.ops import attention as A
 

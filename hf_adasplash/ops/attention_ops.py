@@ -92,8 +92,7 @@ def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
     }
 
 
-@torch.library.custom_op("hf_adasplash::attn_fwd", mutates_args=(), device_types=("cuda", "cpu"))
-def attn_fwd(
+def attn_fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
     q_pos: torch.Tensor | None, k_pos: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
@@ -163,6 +162,10 @@ def attn_fwd(
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
 
 
+attn_fwd = torch.library.custom_op("hf_adasplash::attn_fwd", attn_fwd_impl, mutates_args=(),
+                                   device_types=("cuda", "cpu"))
+
+
 def _fwd_stages(t, need_ent, q):
     stages = (need_ent and t.fwd_ent_stages) or t.fwd_stages
     # fp32 tiles take twice the shared memory: at D = 128 three stages need 256 KiB (H100: 227 KiB)
@@ -190,8 +193,7 @@ def _(q, k, v, alpha, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask
     )
 
 
-@torch.library.custom_op("hf_adasplash::attn_bwd", mutates_args=(), device_types=("cuda", "cpu"))
-def attn_bwd(
+def attn_bwd_impl(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, o2: torch.Tensor,
     alpha: torch.Tensor, tau: torch.Tensor, ent: torch.Tensor, o3: torch.Tensor, tile_gap: torch.Tensor,
     tile_thr: torch.Tensor, tile_idx: torch.Tensor, tile_cnt: torch.Tensor,
@@ -254,6 +256,10 @@ def attn_bwd(
         **{**common, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": t.dkv_stages or t.bwd_stages},
     )
     return dq, dk, dv, dalpha
+
+
+attn_bwd = torch.library.custom_op("hf_adasplash::attn_bwd", attn_bwd_impl, mutates_args=(),
+                                   device_types=("cuda", "cpu"))
 
 
 def _like(t, ref):
