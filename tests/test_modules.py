@@ -238,6 +238,23 @@ def test_powers_by_multiplication_and_the_frozen_grid_hint(monkeypatch):
     assert par.frozen_on_grid() and len(calls) == 3
 
 
+def test_frozen_alpha_is_computed_once_per_change_of_the_logit():
+    # a snapped model asks every layer for alpha on every call: a frozen logit reuses its value until it changes
+    par = AlphaParameter(3, init=1.45, min_alpha=1.1, max_alpha=2.0)
+    learning = par()
+    assert learning.requires_grad and par() is not learning  # learning: a fresh graph each call
+    par.logit.requires_grad_(False)
+    first = par()
+    assert par() is first and not first.requires_grad and torch.equal(first, learning.detach())
+    with torch.no_grad():
+        par.logit.copy_(torch.tensor([par.logit_for(a) for a in (1.2, 1.5, 2.0)]))
+    assert torch.allclose(par(), torch.tensor([1.2, 1.5, 2.0]))
+    par.load_state_dict({"logit": torch.full((3,), par.logit_for(4 / 3))})
+    assert torch.allclose(par(), torch.full((3,), 4 / 3))
+    par.to(torch.float64)  # new storage: recomputed, same values
+    assert torch.allclose(par(), torch.full((3,), 4 / 3))
+
+
 def test_snap_alpha_moves_learned_heads_to_the_multiplication_grid():
     import math
 
