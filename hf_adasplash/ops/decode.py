@@ -15,6 +15,7 @@ import torch
 
 from hf_adasplash.kernels.decode import decode_output_fwd_kernel, decode_reduce_kernel, decode_scores_fwd_kernel
 from hf_adasplash.kernels.entmax_rows import entmax_rows_tau_kernel
+from hf_adasplash.ops.dispatch import eager_call
 
 __all__ = ["MAX_DECODE_QUERIES", "adasplash_decode_triton"]
 
@@ -172,15 +173,15 @@ def adasplash_decode_triton(
         raise ValueError(f"decode path supports head_dim 16..256, got {D}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"decode path supports float16/bfloat16/float32, got {q.dtype}")
-    # eager calls skip the custom-op dispatch (tens of microseconds per step); compiled graphs see the op
-    compiling = torch.compiler.is_compiling()
+    # eager calls skip the custom-op dispatch; compiled graphs and fake tensors see the op
+    eager = eager_call(q)
     if isinstance(alpha, torch.Tensor):
         a = alpha.detach().to(device=q.device, dtype=torch.float32)
         a = a.expand(HQ).contiguous() if a.dim() == 0 else a.contiguous()
     else:
-        a = torch.full((HQ,), float(alpha), device=q.device, dtype=torch.float32) if compiling else \
-            _alpha_const(float(alpha), HQ, q.device)
-    op = decode_fwd if compiling else _decode_fwd
+        a = _alpha_const(float(alpha), HQ, q.device) if eager else \
+            torch.full((HQ,), float(alpha), device=q.device, dtype=torch.float32)
+    op = _decode_fwd if eager else decode_fwd
     return op(
         q, k, v, a, bool(is_causal), float(D**-0.5 if scale is None else scale), key_padding_mask,
         int(window) if window is not None else 0, float(softcap) if softcap is not None else 0.0,

@@ -98,11 +98,12 @@ NEAR_1 = [1.0001, 1.001, 1.01, 1.05, 1.15, 1.5]
 
 
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["f16", "f32"])
 def test_near_alpha_1(D, dtype):
     # fp32 heads below 1.03 carry tau from m - 1 (exact x - 1) and heads below 1.2 sum d(alpha) per entry
     # (attn_bwd_dalpha): per head, out/dq/dk/dv within the fp32 bar (1e-5 / 1e-4) and d(alpha) within 1e-4
-    # (fp32) or 2e-2 (fp16: the row-sum form was 150% off at 1.05)
+    # (fp32) or 2e-2 (fp16: the row-sum form was 150% off at 1.05). fp16 first: the fp32 backward kernels spill
+    # heavily and ptxas took over 100 s for them at D = 128 on the H100 machine
     H = len(NEAR_1)
     torch.manual_seed(D)
     q, k, v = (torch.randn(2, H, 1000, D, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
