@@ -17,6 +17,7 @@ import triton
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
+from hf_adasplash.ops.launch import launch
 from hf_adasplash.ops.tiling import (
     LIST_CHUNK,
     MAX_TAU_ITERS,
@@ -141,18 +142,18 @@ def attn_fwd_impl(
     grid = (B * Hq, NMB) if heavy_first else (NMB, B * Hq)
     common["HEAVY_FIRST"] = heavy_first
     if t.scan:
-        adasplash_fwd_scan_kernel[grid](
+        launch(adasplash_fwd_scan_kernel, grid,
             q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split,
             **scan_launch_args(t),
         )
     if solve:
-        adasplash_fwd_tau_kernel[grid](
+        launch(adasplash_fwd_tau_kernel, grid,
             q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
             CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
             **solve_launch_args(t),
         )
-    adasplash_fwd_kernel[grid](
+    launch(adasplash_fwd_kernel, grid,
         q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
         tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common, **fold_args(t),
         FOLD=t.fold, NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
@@ -235,21 +236,21 @@ def attn_bwd_impl(
         **flags,
     )
     # dq first: it also writes delta, which the dk/dv kernel reads.
-    adasplash_bwd_kernel_dq[(triton.cdiv(NQ, t.BMQ), B * Hq)](
+    launch(adasplash_bwd_kernel_dq, (triton.cdiv(NQ, t.BMQ), B * Hq),
         o=o, o2=o2, o3=o3, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
         BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, **common,
     )
     if need_dalpha:
         # heads with alpha < 1.2 redo their rows per entry, without the row-sum form's cancellation (others
         # return at once)
-        adasplash_bwd_kernel_dalpha_per_entry[(triton.cdiv(NQ, t.BMQ), B * Hq)](
+        launch(adasplash_bwd_kernel_dalpha_per_entry, (triton.cdiv(NQ, t.BMQ), B * Hq),
             do=do, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt, BNS=t.BNS, BMQ=t.BMQ, **common,
         )
         # per-row buffer then one reduction per head: deterministic, no atomics
         dalpha = (dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)).to(alpha.dtype)
     if NKB == 0 or not need_dkv:
         return dq, dk, dv, dalpha
-    adasplash_bwd_kernel_dkv[(NKB, B * Hkv)](
+    launch(adasplash_bwd_kernel_dkv, (NKB, B * Hkv),
         do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
         q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
         **_io_strides(strides, dk=dk, dv=dv),

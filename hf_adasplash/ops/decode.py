@@ -16,6 +16,7 @@ import torch
 from hf_adasplash.kernels.decode import decode_output_fwd_kernel, decode_reduce_kernel, decode_scores_fwd_kernel
 from hf_adasplash.kernels.entmax_rows import entmax_rows_tau_kernel
 from hf_adasplash.ops.dispatch import eager_call
+from hf_adasplash.ops.launch import launch
 
 __all__ = ["MAX_DECODE_QUERIES", "adasplash_decode_triton"]
 
@@ -116,7 +117,7 @@ def _decode_fwd(
         kpm = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0
         kpm = kpm.contiguous().view(torch.uint8)
     grid = (n_splits, B * HKV, n_rb)
-    decode_scores_fwd_kernel[grid](
+    launch(decode_scores_fwd_kernel, grid,
         q=q, k=k, kpm=kpm if kpm is not None else k, s=s, tmax=tmax, ml=ml,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
         stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
@@ -126,17 +127,17 @@ def _decode_fwd(
         IS_CAUSAL=is_causal, HAS_WINDOW=window > 0, HAS_KPM=kpm is not None, HAS_SOFTCAP=softcap > 0,
         DOT_IEEE=dot_ieee, num_warps=4, num_stages=3,
     )
-    entmax_rows_tau_kernel[(rows,)](
+    launch(entmax_rows_tau_kernel, (rows,),
         s=s, tmax=tmax, ml=ml, live=live, alpha=alpha, tau=tau, inv_norm=inv_norm, NT=NT, NS=n_splits, NQ=NQ, HQ=HQ,
         TOL=NEWTON_TOL, MAX_ITERS=NEWTON_MAX_ITERS, TB=TB, TCL=TCL, BN=BN, BS=64, num_warps=4,
     )
-    decode_output_fwd_kernel[(n_chunks, B * HKV, n_rb)](
+    launch(decode_output_fwd_kernel, (n_chunks, B * HKV, n_rb),
         v=v, s=s, tmax=tmax, tau=tau, inv_norm=inv_norm, alpha=alpha, o_part=o_part,
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         Nk=Nk, NT=NT, HQ=HQ, HKV=HKV, G=G, NQ=NQ, D=D, BR=BR, BD=BD, BN=BN, TCH=TCH,
         DOT_IEEE=dot_ieee, num_warps=4,
     )
-    decode_reduce_kernel[(rows,)](o_part=o_part, o=o, NS=n_chunks, ROWS=rows, D=D, BD=BD, num_warps=1)
+    launch(decode_reduce_kernel, (rows,), o_part=o_part, o=o, NS=n_chunks, ROWS=rows, D=D, BD=BD, num_warps=1)
     return o
 
 

@@ -127,6 +127,38 @@ def test_near_alpha_1(D, dtype):
         assert max(e) <= bounds[n], (n, dict(zip(NEAR_1, e)))
 
 
+def test_cached_launch_matches_the_jit(monkeypatch):
+    # HF_ADASPLASH_CACHED_LAUNCH=1 (ops/launch.py) calls each compiled kernel's launcher itself: results must be
+    # bit-identical to the JIT's launches, for two layouts (contiguous and HF's transposed q/k/v) and the decode path
+    from hf_adasplash.ops import launch
+
+    torch.manual_seed(0)
+    B, H, Hkv, N, D = 2, 6, 2, 1000, 64
+    base = [torch.randn(B, N, h, D, device=DEV, dtype=torch.bfloat16) for h in (H, Hkv, Hkv)]
+    alpha = torch.tensor([1.1, 1.25, 4 / 3, 1.5, 1.7, 2.0], device=DEV)
+
+    def run():
+        outs = []
+        for layout in (lambda t: t.transpose(1, 2).contiguous(), lambda t: t.transpose(1, 2)):
+            q, k, v = (layout(t).detach().requires_grad_() for t in base)
+            a = alpha.clone().requires_grad_()
+            out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+            outs += [out, *torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out))]
+        with torch.no_grad():
+            q, k, v = (t.transpose(1, 2) for t in base)
+            outs.append(adasplash_attention_triton(q[:, :, -3:], k, v, alpha, is_causal=True))  # decode
+        return outs
+
+    monkeypatch.delenv(launch.ENV, raising=False)
+    want = run()
+    monkeypatch.setenv(launch.ENV, "1")
+    first, second = run(), run()  # the first call per key takes the JIT, the second the cached kernels
+    assert any(len(c.compiled) for c in launch._launchers.values())
+    for got in (first, second):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
 def _bench(fn, warmup=10, rep=40):
     from triton.testing import do_bench
 

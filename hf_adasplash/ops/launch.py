@@ -1,0 +1,86 @@
+"""Kernel launches, optionally past the Triton JIT's per-call argument binding.
+
+A JIT launch of our kernels (47-74 arguments) cost 52-144 us of host time on the H100 host (triton 3.6); the compiled
+kernel's own launcher took 14-27 us on the same arguments (``bench/host_h100_v14.txt``). With
+``HF_ADASPLASH_CACHED_LAUNCH=1`` each launch looks up the compiled kernel itself, keyed on everything Triton
+specialises a compilation on, and calls its launcher; a new key goes through the JIT once (compiling or loading
+it). Off by default until a GPU run has checked it against the JIT's launches.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENV = "HF_ADASPLASH_CACHED_LAUNCH"
+_I32 = (-(2**31), 2**31 - 1)
+
+
+def _int_type(v: int) -> str:
+    return "i32" if _I32[0] <= v <= _I32[1] else ("u64" if v >= 2**63 else "i64")
+
+
+def arg_key(v, is_constexpr: bool, specialize: bool, align: bool):
+    """What Triton's compilation depends on for one argument (its ``specialize_impl`` rules, triton 3.6-3.9)."""
+    if is_constexpr or v is None:
+        return v
+    if isinstance(v, bool):
+        return "u1"
+    if isinstance(v, int):
+        if not specialize:
+            return _int_type(v)
+        return (_int_type(v), v == 1, align and v % 16 == 0)
+    if isinstance(v, float):
+        return "fp32"
+    if isinstance(v, torch.Tensor):
+        return (v.dtype, align and v.data_ptr() % 16 == 0)
+    raise TypeError(f"no launch key for a {type(v).__name__} argument")
+
+
+class CachedLauncher:
+    """``launcher(grid, **kwargs)`` launches ``jit_fn[grid](**kwargs)``, reusing the compiled kernel per key."""
+
+    def __init__(self, jit_fn):
+        self.jit = jit_fn
+        params = jit_fn.params
+        self.names = [p.name for p in params]
+        self.known = set(self.names)
+        self.defaults = {p.name: p.default for p in params if p.has_default}
+        self.consts = [i for i, p in enumerate(params) if p.is_constexpr]
+        self.runtime = [(i, not p.do_not_specialize, not p.do_not_specialize_on_alignment)
+                        for i, p in enumerate(params) if not p.is_constexpr]
+        # annotated runtime arguments have rules of their own: those kernels always take the JIT
+        self.usable = not any(p.annotation and not p.is_constexpr for p in params)
+        self.compiled = {}
+
+    def key(self, values, kwargs):
+        options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in self.known))
+        return (torch.cuda.current_device(), options, tuple(values[i] for i in self.consts),
+                tuple(arg_key(values[i], False, spec, align) for i, spec, align in self.runtime))
+
+    def __call__(self, grid, **kwargs):
+        values = [kwargs[n] if n in kwargs else self.defaults[n] for n in self.names]
+        key = self.key(values, kwargs)
+        kernel = self.compiled.get(key)
+        if kernel is None:
+            self.compiled[key] = self.jit[grid](**kwargs)
+            return
+        kernel[tuple(grid) + (1,) * (3 - len(grid))](*values)
+
+
+_launchers: dict = {}
+
+
+def launch(jit_fn, grid, **kwargs) -> None:
+    """``jit_fn[grid](**kwargs)``; with ``HF_ADASPLASH_CACHED_LAUNCH=1`` on CUDA, through :class:`CachedLauncher`."""
+    if os.environ.get(ENV) != "1" or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
+        jit_fn[grid](**kwargs)
+        return
+    launcher = _launchers.get(jit_fn)
+    if launcher is None:
+        launcher = _launchers[jit_fn] = CachedLauncher(jit_fn)
+    if launcher.usable:
+        launcher(grid, **kwargs)
+    else:
+        jit_fn[grid](**kwargs)

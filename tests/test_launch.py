@@ -1,0 +1,101 @@
+"""The cached launch path's keys (CPU, with a stand-in for a Triton JIT function and its compiled kernel)."""
+
+import inspect
+
+import pytest
+import torch
+
+from hf_adasplash.ops import launch as L
+
+
+class Param:
+    def __init__(self, name, constexpr=False, default=inspect.Parameter.empty, dns=False, annotation=""):
+        self.name, self.is_constexpr, self.default = name, constexpr, default
+        self.has_default = default is not inspect.Parameter.empty
+        self.do_not_specialize, self.do_not_specialize_on_alignment = dns, False
+        self.annotation = annotation
+
+
+class FakeJit:
+    """Records JIT launches; each returns a compiled stand-in that records its own launches."""
+
+    def __init__(self, params):
+        self.params, self.jit_launches, self.runs = params, [], []
+
+    def __getitem__(self, grid):
+        def run(**kwargs):
+            self.jit_launches.append(dict(kwargs))
+            return Compiled(self, len(self.jit_launches))
+        return run
+
+
+class Compiled:
+    def __init__(self, jit, n):
+        self.jit, self.n = jit, n
+
+    def __getitem__(self, grid):
+        return lambda *values: self.jit.runs.append((self.n, grid, values))
+
+
+@pytest.fixture
+def jit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return FakeJit([Param("x"), Param("n", dns=True), Param("stride"), Param("scale"), Param("BD", constexpr=True),
+                    Param("FLAG", constexpr=True, default=False)])
+
+
+def test_the_compiled_kernel_is_reused_with_values_in_signature_order(jit):
+    launcher = L.CachedLauncher(jit)
+    x = torch.zeros(64)
+    launcher((4, 2), x=x, n=100, stride=32, scale=0.5, BD=64, num_warps=4)
+    launcher((4, 2), x=x, n=101, stride=48, scale=0.7, BD=64, num_warps=4)  # n is not specialised; 48 % 16 == 0
+    assert len(jit.jit_launches) == 1
+    assert jit.runs == [(1, (4, 2, 1), (x, 101, 48, 0.7, 64, False))]  # the default of FLAG filled in
+
+
+@pytest.mark.parametrize("change", [
+    {"x": torch.zeros(65)[1:]},  # 4-byte offset: no longer 16-byte aligned
+    {"x": torch.zeros(64, dtype=torch.float16)},
+    {"stride": 1},  # Triton makes a 1 a constant
+    {"stride": 40},  # not divisible by 16
+    {"n": 2**40},  # a 64-bit integer
+    {"BD": 128},
+    {"FLAG": True},
+    {"num_warps": 8},
+])
+def test_anything_triton_specialises_on_compiles_again(jit, change):
+    launcher = L.CachedLauncher(jit)
+    args = {"x": torch.zeros(64), "n": 100, "stride": 32, "scale": 0.5, "BD": 64, "num_warps": 4}
+    launcher((1,), **args)
+    launcher((1,), **{**args, **change})
+    assert len(jit.jit_launches) == 2 and jit.runs == []
+
+
+def test_arg_key_rules():
+    assert L.arg_key(7, True, True, True) == 7
+    assert L.arg_key(True, False, True, True) == "u1"
+    assert L.arg_key(32, False, True, True) == ("i32", False, True)
+    assert L.arg_key(32, False, True, False) == ("i32", False, False)
+    assert L.arg_key(2**33, False, False, True) == "i64"
+    assert L.arg_key(2.5, False, True, True) == "fp32"
+    with pytest.raises(TypeError, match="no launch key"):
+        L.arg_key("a", False, True, True)
+
+
+def test_launch_takes_the_jit_unless_asked_and_on_cuda(jit, monkeypatch):
+    args = {"x": torch.zeros(64), "n": 1, "stride": 32, "scale": 0.5, "BD": 64}
+    monkeypatch.delenv(L.ENV, raising=False)
+    L.launch(jit, (1,), **args)
+    L.launch(jit, (1,), **args)
+    assert len(jit.jit_launches) == 2 and jit.runs == []
+    monkeypatch.setenv(L.ENV, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(L, "_launchers", {})
+    L.launch(jit, (1,), **args)
+    L.launch(jit, (1,), **args)
+    assert len(jit.jit_launches) == 3 and len(jit.runs) == 1
+    jit.params.append(Param("annotated", annotation="i32", default=3))  # a rule of its own: always the JIT
+    monkeypatch.setattr(L, "_launchers", {})
+    L.launch(jit, (1,), **args)
+    L.launch(jit, (1,), **args)
+    assert len(jit.jit_launches) == 5 and len(jit.runs) == 1
