@@ -7,6 +7,7 @@ with the GPU never the bottleneck), and with ``--launches`` how one Triton launc
 between the JIT's argument binding and the compiled kernel's own launcher.
 
     python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch]
+    HF_ADASPLASH_CACHED_LAUNCH=1 python scripts/host_overhead.py --out host_cached.json   # ops/launch.py's path
 """
 
 from __future__ import annotations
