@@ -20,6 +20,7 @@ reference elsewhere).
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
@@ -138,17 +139,37 @@ def _resolve_backend(module) -> str:
     return settings.get("backend", "auto")
 
 
-def _packed_from_position_ids(position_ids: torch.Tensor | None, batch: int, q_len: int) -> torch.Tensor | None:
-    """cu_seqlens when ``position_ids`` ``[1, T]`` restart (packed sequences), else None (FlashAttention's rule)."""
+# The last position_ids tensor read and its answer: every layer of a forward gets the same tensor, so the device
+# is read once per forward instead of once per layer. Keyed on the object itself (a weak reference) and its version
+# counter: a new tensor at the same address, or one changed in place, is read again.
+_packed_cache: tuple = (None, -1, None)
+
+
+def _packed_from_position_ids(position_ids: torch.Tensor | None, batch: int, q_len: int) -> tuple | None:
+    """(cu_seqlens, longest) when ``position_ids`` ``[1, T]`` restart (packed sequences), else None
+    (FlashAttention's rule). Reads the device: a sync, once per position_ids tensor."""
+    global _packed_cache
     if position_ids is None or batch != 1 or q_len == 1 or position_ids.shape[-1] != q_len:
         return None
+    if torch.compiler.is_compiling():
+        return _read_packing(position_ids, q_len)
+    ref, version, answer = _packed_cache
+    if ref is not None and ref() is position_ids and version == position_ids._version:
+        return answer
+    answer = _read_packing(position_ids, q_len)
+    _packed_cache = (weakref.ref(position_ids), position_ids._version, answer)
+    return answer
+
+
+def _read_packing(position_ids: torch.Tensor, q_len: int) -> tuple | None:
     pos = position_ids.reshape(-1)
     if not bool((pos != torch.arange(q_len, device=pos.device) + pos.min()).any()):  # reads values: a sync
         return None
     # A new sequence starts wherever the position does not increase.
     starts = torch.nonzero(torch.cat([pos.new_ones(1, dtype=torch.bool), pos.diff() <= 0]), as_tuple=False).flatten()
     total = torch.tensor([pos.numel()], device=pos.device)
-    return torch.cat([starts, total]).to(torch.int32)
+    cu = torch.cat([starts, total]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
 
 
 def _same_dtype(q, k, v):
@@ -216,9 +237,9 @@ def adasplash_attention_forward(
     if attention_mask is None and all(x is not None for x in (cu_q, cu_k, max_q, max_k)):
         varlen = (cu_q, cu_k, max_q, max_k)
     elif attention_mask is None and Q == K:
-        cu = _packed_from_position_ids(kwargs.get("position_ids"), B, Q)
-        if cu is not None:
-            longest = int((cu[1:] - cu[:-1]).max())
+        packed = _packed_from_position_ids(kwargs.get("position_ids"), B, Q)
+        if packed is not None:
+            cu, longest = packed
             varlen = (cu, cu, longest, longest)
     if varlen is not None:
         if _RECORDER is not None:
