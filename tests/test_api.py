@@ -186,3 +186,25 @@ def test_trusted_alpha_skips_only_the_value_check():
         check_alpha(torch.tensor([1.5, 1.5, 1.5]), 2, values=False)
     with pytest.raises(TypeError, match="floating point"):
         check_alpha(torch.tensor([1, 2]), 2, values=False)
+
+
+def test_cu_seqlens_are_read_once_per_tensor(monkeypatch):
+    # every layer of a packed model passes the same cu_seqlens: its values (a device sync) are read once, and again
+    # only for a tensor changed in place or another token count
+    from hf_adasplash import _validation as V
+
+    reads = []
+    real = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: reads.append(1) or real(t, *a, **k))
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    assert V.check_cu_seqlens("cu_seqlens_q", cu, 7, cu.device) == 4
+    assert V.check_cu_seqlens("cu_seqlens_k", cu, 7, cu.device) == 4
+    assert len(reads) == 1
+    with pytest.raises(ValueError, match="does not match the token count 8"):
+        V.check_cu_seqlens("cu_seqlens_q", cu, 8, cu.device)
+    cu[1] = 5  # in place: read again
+    assert V.check_cu_seqlens("cu_seqlens_q", cu, 7, cu.device) == 5
+    cu[1] = 9
+    with pytest.raises(ValueError, match="non-decreasing"):
+        V.check_cu_seqlens("cu_seqlens_q", cu, 7, cu.device)
+    assert len(reads) == 4
