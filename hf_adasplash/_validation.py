@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import weakref
 from numbers import Integral, Real
 
 import torch
+
+from hf_adasplash._tensor_reads import TensorReads
 
 BACKENDS = ("auto", "reference", "triton")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -152,11 +153,11 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> int:
         raise ValueError(f"{name} must be on {device}, got {cu.device}")
     if _is_tracing():
         return 0
-    # reading the values is a device sync: a model's layers share one cu_seqlens tensor, so each tensor is read
-    # once (the same object, unchanged since: its version counter) for a given token count
-    seen = _cu_checked.get(id(cu))
-    if seen is not None and seen[0]() is cu and seen[1:3] == (cu._version, total):
-        return seen[3]
+    # the values are read once per tensor (a device sync): a model's layers share one cu_seqlens
+    return _cu_reads.get(cu, total, lambda c: _longest_segment(name, c, total))
+
+
+def _longest_segment(name: str, cu: torch.Tensor, total: int) -> int:
     c = cu.detach().cpu()
     if int(c[0]) != 0:
         raise ValueError(f"{name} must start at 0, got {int(c[0])}")
@@ -164,14 +165,10 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> int:
         raise ValueError(f"{name} must be non-decreasing, got {c.tolist()[:16]}")
     if int(c[-1]) != total:
         raise ValueError(f"{name}[-1] = {int(c[-1])} does not match the token count {total}")
-    longest = int((c[1:] - c[:-1]).max())
-    if len(_cu_checked) >= 8:
-        _cu_checked.clear()
-    _cu_checked[id(cu)] = (weakref.ref(cu), cu._version, total, longest)
-    return longest
+    return int((c[1:] - c[:-1]).max())
 
 
-_cu_checked: dict = {}  # id(cu) -> (weak reference, version, token count, longest segment)
+_cu_reads = TensorReads()
 
 
 def check_max_seqlen(name: str, val, longest: int) -> None:

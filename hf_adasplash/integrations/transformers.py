@@ -20,10 +20,10 @@ reference elsewhere).
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 
+from hf_adasplash._tensor_reads import TensorReads
 from hf_adasplash.functional import adasplash_attention, adasplash_varlen_attention
 
 NAME = "adasplash"
@@ -139,26 +139,18 @@ def _resolve_backend(module) -> str:
     return settings.get("backend", "auto")
 
 
-# The last position_ids tensor read and its answer: every layer of a forward gets the same tensor, so the device
-# is read once per forward instead of once per layer. Keyed on the object itself (a weak reference) and its version
-# counter: a new tensor at the same address, or one changed in place, is read again.
-_packed_cache: tuple = (None, -1, None)
+# every layer of a forward gets the same position_ids: read once per forward, not once per layer
+_packing_reads = TensorReads(size=1)
 
 
 def _packed_from_position_ids(position_ids: torch.Tensor | None, batch: int, q_len: int) -> tuple | None:
     """(cu_seqlens, longest) when ``position_ids`` ``[1, T]`` restart (packed sequences), else None
     (FlashAttention's rule). Reads the device: a sync, once per position_ids tensor."""
-    global _packed_cache
     if position_ids is None or batch != 1 or q_len == 1 or position_ids.shape[-1] != q_len:
         return None
     if torch.compiler.is_compiling():
         return _read_packing(position_ids, q_len)
-    ref, version, answer = _packed_cache
-    if ref is not None and ref() is position_ids and version == position_ids._version:
-        return answer
-    answer = _read_packing(position_ids, q_len)
-    _packed_cache = (weakref.ref(position_ids), position_ids._version, answer)
-    return answer
+    return _packing_reads.get(position_ids, q_len, lambda p: _read_packing(p, q_len))
 
 
 def _read_packing(position_ids: torch.Tensor, q_len: int) -> tuple | None:
