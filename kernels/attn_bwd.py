@@ -59,10 +59,12 @@ def adasplash_bwd_kernel_dq(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, NEED_DALPHA: tl.constexpr, DOT_PREC: tl.constexpr,
-    BNS: tl.constexpr, BMQ: tl.constexpr, O3_FWD: tl.constexpr = True,
+    BNS: tl.constexpr, BMQ: tl.constexpr, O3_FWD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
 ):
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
-                                                                             G, BMQ, IS_VARLEN, False)
+    # grid: (BMQ-row blocks, batch x head), or (batch x head, blocks) with the last blocks first (HEAVY_FIRST)
+    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK,
+                                                                             tl.cdiv(NQ, BMQ), H, G, BMQ, IS_VARLEN,
+                                                                             HEAVY_FIRST)
     if m0 >= Nq:
         return
     off = Nk - Nq
@@ -172,9 +174,12 @@ def adasplash_bwd_kernel_dkv(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr,
-    BMS: tl.constexpr,
+    BMS: tl.constexpr, HEAVY_FIRST: tl.constexpr = False,
 ):
-    i_n, i_bhk = tl.program_id(0), tl.program_id(1)
+    if HEAVY_FIRST:  # grid (batch x KV head, key block): under a causal mask the first key blocks see the most rows
+        i_n, i_bhk = tl.program_id(1), tl.program_id(0)
+    else:
+        i_n, i_bhk = tl.program_id(0), tl.program_id(1)
     i_b, i_hk = i_bhk // (H // G), i_bhk % (H // G)
     bos_q, Nq, bos_k, Nk = seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN)
     n0 = i_n * BN

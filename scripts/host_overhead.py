@@ -6,7 +6,7 @@ more than the GPU to issue a layer's work, the GPU idles. This measures the host
 with the GPU never the bottleneck), and with ``--launches`` how one Triton launch of each of our kernels splits
 between the JIT's argument binding and the compiled kernel's own launcher.
 
-    python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch]
+    python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch] [--cprofile]
     HF_ADASPLASH_CACHED_LAUNCH=1 python scripts/host_overhead.py --out host_cached.json   # ops/launch.py's path
 """
 
@@ -68,6 +68,23 @@ def cases(B, Hq, Hkv, N, D):
     }
 
 
+def profile_rows(fn, reps: int, top: int = 15) -> list[str]:
+    """cProfile of ``reps`` calls: the functions with the most own time, one line each."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return [line for line in buf.getvalue().splitlines() if line.strip()][-top - 1:]
+
+
 def launch_split(fn, reps: int) -> list[dict]:
     """Each Triton launch of one ``fn()``: the JIT's launch against the compiled kernel's launcher, same args."""
     from triton.runtime import driver
@@ -110,6 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=300)
     p.add_argument("--launches", action="store_true", help="split each Triton launch's host time (see above)")
     p.add_argument("--op-dispatch", action="store_true", help="route eager calls through the torch.library ops")
+    p.add_argument("--cprofile", action="store_true", help="also cProfile each of our cases (own time per function)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -124,6 +142,10 @@ def main(argv=None) -> int:
     for name, fn in fns.items():
         result["host_us_per_call"][name] = round(per_call_us(fn, args.reps), 1)
         print(f"{name:28s} {result['host_us_per_call'][name]:8.1f} us per call", flush=True)
+    if args.cprofile:
+        result["cprofile"] = {name: profile_rows(fn, args.reps) for name, fn in fns.items() if name.startswith("ours")}
+        for name, rows in result["cprofile"].items():
+            print(f"== {name} ({args.reps} calls)", *rows, sep="\n")
     if args.launches:
         result["launches"] = launch_split(fns["ours_fwd_bwd_frozen_alpha"], args.reps)
         for r in result["launches"]:

@@ -13,6 +13,7 @@ time per variant, its ratio to SDPA's, and its largest relative difference from 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -24,19 +25,42 @@ from hf_adasplash.ops.attention import adasplash_attention_triton
 from hf_adasplash.ops.tiling import tiles, with_fields
 
 
+def per_kernel_ms(fn, bench) -> dict[str, float]:
+    """GPU time of each kernel launch that ``fn()`` makes, replayed alone with the same arguments."""
+    seen, real = [], attention_ops.launch
+
+    def spy(jit_fn, grid, **kwargs):
+        seen.append((jit_fn, grid, kwargs))
+        real(jit_fn, grid, **kwargs)
+
+    attention_ops.launch = spy
+    try:
+        fn()
+    finally:
+        attention_ops.launch = real
+    times: dict[str, float] = {}
+    for jit_fn, grid, kwargs in seen:
+        name = jit_fn.fn.__name__
+        times[name] = times.get(name, 0.0) + bench(functools.partial(real, jit_fn, grid, **kwargs))
+    return times
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="4,4,1,4096,256", help="B,Hq,Hkv,N,D (default: Gemma-3-270M at 4k)")
     p.add_argument("--alpha", type=float, default=4 / 3)
     p.add_argument("--learn-alpha", action="store_true", help="alpha with a gradient (default: frozen)")
+    p.add_argument("--alpha-grid", action="store_true", help="tell the kernels alpha is on the grid (a snapped alpha)")
     p.add_argument("--variant", action="append", default=[], help="Tiles overrides, repeatable (default: default)")
     p.add_argument("--rep", type=int, default=20, help="do_bench repetitions (ms)")
+    p.add_argument("--pos", type=float, default=0.0, help="input family: 0 random, > 0 local (cli.bench)")
+    p.add_argument("--per-kernel", action="store_true", help="also time each kernel launch on its own")
     args = p.parse_args(argv)
     from triton.testing import do_bench
 
     B, H, Hkv, N, D = (int(x) for x in args.shape.split(","))
     torch.manual_seed(0)
-    q, k, v = make_inputs(B, H, Hkv, N, N, D, 0.0, torch.bfloat16, "cuda", requires_grad=True)
+    q, k, v = make_inputs(B, H, Hkv, N, N, D, args.pos, torch.bfloat16, "cuda", requires_grad=True)
     alpha = torch.full((H,), args.alpha, device="cuda", dtype=torch.float64, requires_grad=args.learn_alpha)
     wrt = (q, k, v, alpha) if args.learn_alpha else (q, k, v)
     g = torch.randn_like(q)
@@ -49,7 +73,7 @@ def main(argv=None) -> int:
         return F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
 
     def ours():
-        return adasplash_attention_triton(q, k, v, alpha, is_causal=True)
+        return adasplash_attention_triton(q, k, v, alpha, is_causal=True, alpha_grid=args.alpha_grid)
 
     with torch.no_grad():
         sf = bench(sdpa)
@@ -71,6 +95,9 @@ def main(argv=None) -> int:
         fb = bench(lambda: torch.autograd.grad(ours(), wrt, g))
         print(f"{spec}: compile+first {time.time() - t0:.0f}s fwd {f:.3f} ms ({f / sf:.2f}x) fwd+bwd {fb:.3f} ms "
               f"({fb / sfb:.2f}x) diff {diff:.1e}", flush=True)
+        if args.per_kernel:
+            for name, ms in per_kernel_ms(lambda: torch.autograd.grad(ours(), wrt, g), bench).items():
+                print(f"    {name:40s} {ms:.3f} ms", flush=True)
     attention_ops.tiles = tiles
     return 0
 

@@ -357,9 +357,9 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
 @pytest.mark.parametrize("causal", [True, False])
 def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dtype, nq, nk):
     # the scan's unmasked loops (tiles inside every boundary; the row max taken before the scale) and the causal
-    # longest-first launch order against the single masked loop in grid order: identical gaps, tau rows, tile lists,
-    # outputs and gradients. Nq != Nk and ragged key tiles put the diagonal and the last tile mid-block; with
-    # Nq > Nk the first causal rows see no key at all
+    # longest-first launch order (forward and backward) against the single masked loop in grid order: identical gaps,
+    # tau rows, tile lists, outputs and gradients. Nq != Nk and ragged key tiles put the diagonal and the last tile
+    # mid-block; with Nq > Nk the first causal rows see no key at all
     from hf_adasplash.cli.bench import make_inputs
     from hf_adasplash.ops import tiling
 
@@ -369,7 +369,7 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
     a = _alpha((1.0, 1.25, 1.5, 2.0), 4)
     runs = {}
     for split, heavy in ((0, False), (1, True), (2, False), (2, True)):
-        variant = dataclasses.replace(tiling.tiles(32), scan_split=split, heavy_first=heavy)
+        variant = dataclasses.replace(tiling.tiles(32), scan_split=split, heavy_first=heavy, bwd_heavy_first=heavy)
         monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
         fwd = torch.ops.hf_adasplash.attn_fwd(q.detach(), k.detach(), v.detach(), a.detach(), None, None, None, None,
                                               None, nq, nk, causal, 32**-0.5, -1, 0.0, True, True)

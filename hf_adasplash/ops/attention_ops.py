@@ -21,6 +21,8 @@ from hf_adasplash.ops.launch import launch
 from hf_adasplash.ops.tiling import (
     LIST_CHUNK,
     MAX_TAU_ITERS,
+    bwd_heavy_first,
+    dkv_launch_args,
     fold_args,
     scan_launch_args,
     solve_launch_args,
@@ -236,9 +238,11 @@ def attn_bwd_impl(
         **flags,
     )
     # dq first: it also writes delta, which the dk/dv kernel reads.
-    launch(adasplash_bwd_kernel_dq, (triton.cdiv(NQ, t.BMQ), B * Hq),
+    NMQ = triton.cdiv(NQ, t.BMQ)
+    heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NMQ * B * Hq, q.device)
+    launch(adasplash_bwd_kernel_dq, (B * Hq, NMQ) if heavy else (NMQ, B * Hq),
         o=o, o2=o2, o3=o3, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
-        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, **common,
+        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, HEAVY_FIRST=heavy, **common,
     )
     if need_dalpha:
         # heads with alpha < 1.2 redo their rows per entry, without the row-sum form's cancellation (others
@@ -250,11 +254,12 @@ def attn_bwd_impl(
         dalpha = (dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)).to(alpha.dtype)
     if NKB == 0 or not need_dkv:
         return dq, dk, dv, dalpha
-    launch(adasplash_bwd_kernel_dkv, (NKB, B * Hkv),
-        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, BMS=t.BMS,
+    heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NKB * B * Hkv, q.device)
+    launch(adasplash_bwd_kernel_dkv, (B * Hkv, NKB) if heavy else (NKB, B * Hkv),
+        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, HEAVY_FIRST=heavy,
         q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
         **_io_strides(strides, dk=dk, dv=dv),
-        **{**common, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": t.dkv_stages or t.bwd_stages},
+        **{**common, **dkv_launch_args(t, Hq // Hkv)},
     )
     return dq, dk, dv, dalpha
 

@@ -29,6 +29,8 @@ class Tiles:
     BMQ: int  # rows per dq program (a slice of a forward block)
     dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
     dkv_stages: int = 0  # 0: same as bwd_stages
+    # (BMS, dkv stages) when the dk/dv kernel loops over several query heads per KV head (GQA); 0s: as above
+    gqa_dkv: tuple[int, int] = (0, 0)
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
@@ -55,6 +57,9 @@ class Tiles:
     # snapped and frozen alpha): no head takes the general power, whose loop wants narrow slices (0: no change)
     grid_solve_bn: int = 0
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
+    # causal dq and dk/dv: likewise the query blocks / key blocks with the most tiles, when the grid is short
+    # (``bwd_heavy_first``)
+    bwd_heavy_first: bool = True
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
     # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
     fold_tol: tuple[float, float] = (16.0, 4.0)
@@ -79,11 +84,14 @@ def tiles(head_dim: int) -> Tiles:
     # v13 (NOTES): on dense rows whole-tile slices made the tau kernel 15-20% faster at alpha = 1.5, 4/3 and 5/4, but
     # 45% slower at a general alpha (214 registers: 2 programs per SM); they are taken only when no head is general.
     # A fixed alpha of 1.5 or 2 keeps 32-key slices with late sums, capped at 168 registers (3 per SM): -18%.
+    # v15 (NOTES): under GQA (SmolLM2's 9 query heads on 3 KV heads) dk/dv in 64-row slices without pipelining took
+    # 0.72 -> 0.60 ms; without GQA the same settings cost 6% (1.84 -> 1.96 ms), so only GQA takes them.
     # v12 (NOTES): the scan's split loops took 165 registers at D = 64 (3 programs per SM); capped at 128 (4 per SM,
     # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
-                     solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128)
+                     solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
+                     gqa_dkv=(64, 1))
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
@@ -94,9 +102,16 @@ def tiles(head_dim: int) -> Tiles:
 
 
 def with_fields(t: Tiles, items: Iterable[str]) -> Tiles:
-    """``t`` with ``FIELD=VALUE`` overrides (integers, 0/1 for flags), as the launch-settings scripts take them."""
+    """``t`` with ``FIELD=VALUE`` overrides (integers, 0/1 for flags, ``A:B`` for pairs), as the launch-settings
+    scripts take them."""
     fields = dict(item.split("=", 1) for item in items)
-    return dataclasses.replace(t, **{k: type(getattr(t, k))(int(v)) for k, v in fields.items()})
+    return dataclasses.replace(t, **{k: _field_value(getattr(t, k), v) for k, v in fields.items()})
+
+
+def _field_value(current, text: str):
+    if isinstance(current, tuple):  # colon-separated, e.g. gqa_dkv=64:1
+        return tuple(type(c)(int(x)) for c, x in zip(current, text.split(":"), strict=True))
+    return type(current)(int(text))
 
 
 def fold_args(t: Tiles) -> dict[str, float]:
@@ -127,6 +142,35 @@ def solve_settings(t: Tiles, alpha_square: bool, alpha_grid: bool) -> Tiles:
 def tau_pass_args(t: Tiles) -> dict[str, int]:
     """The tau passes' slice widths (a slice never exceeds the tile) and row-sum mode as kernel arguments."""
     return {"BNT": min(t.solve_bn, t.BN), "BNT_SQ": min(t.solve_bn_square, t.BN), "LATE_SUM": t.solve_late_sum}
+
+
+# Longest-first helps a short grid's tail and costs a long grid L2 reuse: grid order runs one head's blocks side by
+# side, sharing its K/V (dq) or Q/dO (dk/dv); longest-first runs every head's heaviest block at once. H100, causal,
+# N = 4k (NOTES v15): dq -40% at 2304 programs (17 per SM), dk/dv -9% at 768 and -30% at 512; +5 to +17% at
+# 4096-8192 programs (31-62 per SM).
+HEAVY_FIRST_MAX_PROGRAMS_PER_SM = 24
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def bwd_heavy_first(t: Tiles, causal: bool, programs: int, device) -> bool:
+    """Whether a backward kernel's grid of ``programs`` launches its heaviest blocks first (see above)."""
+    if not (t.bwd_heavy_first and causal):
+        return False
+    if device.type != "cuda":  # the interpreter: any order, both are tested
+        return True
+    return programs <= HEAVY_FIRST_MAX_PROGRAMS_PER_SM * _sm_count(device.index)
+
+
+def dkv_launch_args(t: Tiles, group: int) -> dict[str, int]:
+    """The dk/dv kernel's row slice and launch options for ``group`` query heads per KV head."""
+    bms, stages = t.gqa_dkv if group > 1 and t.gqa_dkv[0] else (t.BMS, t.dkv_stages or t.bwd_stages)
+    return {"BMS": bms, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": stages}
 
 
 def _launch_args(warps: int, stages: int, maxnreg: int) -> dict[str, int]:
