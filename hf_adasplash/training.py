@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hf_adasplash import checkpoints
 from hf_adasplash.assets import UserError
 from hf_adasplash.patching import snap_alpha, snap_grid
+from hf_adasplash.prewarm import compile_ahead
 
 SCHEDULES = ("fixed", "learned", "anneal")
 ATTNS = ("adasplash", "sdpa", "eager")
@@ -67,6 +68,8 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     report_to: str = "tensorboard"
     progress: bool = True
+    # compile every attention kernel the run will launch (learned, snapped, evaluation) at once before the first step
+    compile_ahead: bool = True
 
     def validate(self) -> None:
         if self.context_length <= 0:
@@ -151,6 +154,7 @@ def _optimizer(cfg: FinetuneConfig, model):
     return torch.optim.AdamW(groups)
 
 
+@torch.no_grad()
 @torch.no_grad()
 def evaluate_blocks(accelerator, model, loader) -> dict:
     """Mean token loss over packed evaluation blocks, gathered over processes."""
@@ -244,6 +248,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="finetune", disable=not (
         cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
     window_loss, window_n, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+    # (FSDP: the unwrapped module cannot run on its own; its kernels compile as met)
+    if (cfg.attn == "adasplash" and cfg.compile_ahead and state["step"] < cfg.max_steps
+            and accelerator.distributed_type.value != "FSDP"):
+        # inside the timed run: compiling is part of the run's cost, ahead of time or not
+        first = torch.stack([train[i]["input_ids"] for i in range(min(cfg.batch_size, len(train)))])
+        snaps = cfg.alpha_snap_step is not None and state["step"] < cfg.alpha_snap_step
+        secs = compile_ahead(unwrapped, first.to(accelerator.device), snapped=snaps, autocast=accelerator.autocast)
+        if secs is not None:
+            state["compile_ahead_seconds"] = round(secs, 2)
+            accelerator.print(f"attention kernels compiled ahead in {secs:.1f} s")
     while state["step"] < cfg.max_steps:
         # A fresh, seeded order per epoch; a resumed run skips exactly the micro-batches already consumed.
         order = torch.utils.data.DataLoader(train.shuffle(seed=cfg.seed + state["epoch"]), batch_size=cfg.batch_size)
@@ -364,6 +378,7 @@ def _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hw) ->
         "eval": final_eval, "alpha": alphas, "history": state["history"],
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "alpha_rank_spread": _alpha_rank_spread(accelerator, alphas), "hardware": hw,
+        "compile_ahead_seconds": state.get("compile_ahead_seconds"),
     }
 
 

@@ -71,6 +71,8 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     t.add_argument("--report-to", default=C.report_to, help="Accelerate tracker: tensorboard, wandb, ... or none")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.add_argument("--no-compile-ahead", action="store_true",
+                   help="compile each attention kernel when first launched, not all at once before the first step")
 
 
 def config_from_args(args):
@@ -90,6 +92,7 @@ def config_from_args(args):
         log_every=args.log_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to, progress=not args.no_progress,
+        compile_ahead=not args.no_compile_ahead,
     )
 
 

@@ -1,11 +1,12 @@
-"""Kernel launches past the Triton JIT's per-call argument binding.
+"""Kernel launches, optionally past the Triton JIT's per-call argument binding.
 
 A JIT launch of our kernels (47-74 arguments) cost 52-144 us of host time on the H100 host (triton 3.6); the compiled
-kernel's own launcher took 14-27 us on the same arguments (``bench/host_h100_v14.txt``). Each launch on CUDA looks up
-the compiled kernel itself, keyed on everything Triton specialises a compilation on, and calls its launcher; a new
-key goes through the JIT once (compiling or loading it). On the GPU its results are bit-identical to the JIT's
-(``tests/gpu``), and it halved the forward's host time per call (NOTES v15). ``HF_ADASPLASH_CACHED_LAUNCH=0`` takes
-the JIT for every launch.
+kernel's own launcher took 14-27 us on the same arguments (``bench/host_h100_v14.txt``). With
+``HF_ADASPLASH_CACHED_LAUNCH=1`` each launch looks up the compiled kernel itself, keyed on everything Triton
+specialises a compilation on, and calls its launcher; a new key goes through the JIT once (compiling or loading
+it). Opt-in: on the H100 it is bit-identical to the JIT's launches and halves the forward's host time per call,
+but a SmolLM2 training step took 176.7 ms with it against 170.2 ms without (b313d15, bench/NOTES.md v15): this key
+in Python costs about what triton 3.6's native argument binding saves.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import torch
 
 ENV = "HF_ADASPLASH_CACHED_LAUNCH"
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs every launch itself
 _I32 = (-(2**31), 2**31 - 1)
 
 
@@ -75,8 +75,8 @@ _launchers: dict = {}
 
 
 def launch(jit_fn, grid, **kwargs) -> None:
-    """``jit_fn[grid](**kwargs)``, on CUDA through :class:`CachedLauncher` (unless ``HF_ADASPLASH_CACHED_LAUNCH=0``)."""
-    if os.environ.get(ENV) == "0" or INTERPRET or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
+    """``jit_fn[grid](**kwargs)``; with ``HF_ADASPLASH_CACHED_LAUNCH=1`` on CUDA, through :class:`CachedLauncher`."""
+    if os.environ.get(ENV) != "1" or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
         jit_fn[grid](**kwargs)
         return
     launcher = _launchers.get(jit_fn)

@@ -93,3 +93,44 @@ def test_torch_compile_with_triton_backend(monkeypatch):
         eager = model(input_ids=ids, attention_mask=mask).logits
         compiled = torch.compile(model)(input_ids=ids, attention_mask=mask).logits
     assert (compiled - eager).abs().max() < 1e-3 * eager.abs().max()
+
+
+def test_compile_ahead_leaves_the_run_nothing_to_compile(monkeypatch):
+    # finetune's compile_ahead warms a learned step, the snapped step and an evaluation forward: the real ones then
+    # find every kernel in the JIT's cache (a specialisation it missed would compile here, mid-run)
+    from triton.runtime.jit import JITFunction
+
+    from hf_adasplash import prewarm
+    from hf_adasplash.ops import attention_ops
+    from hf_adasplash.patching import snap_alpha
+
+    monkeypatch.setenv(integ.BACKEND_ENV, "triton")
+    kernels = [attention_ops.adasplash_fwd_scan_kernel, attention_ops.adasplash_fwd_tau_kernel,
+               attention_ops.adasplash_fwd_kernel, attention_ops.adasplash_bwd_kernel_dq,
+               attention_ops.adasplash_bwd_kernel_dalpha_per_entry, attention_ops.adasplash_bwd_kernel_dkv]
+    for k in kernels:
+        k.device_caches.clear()  # forget what earlier tests compiled (the disk cache may still serve them)
+    compiles = []
+    real = JITFunction._do_compile
+    monkeypatch.setattr(JITFunction, "_do_compile",
+                        lambda self, *a, **kw: compiles.append(self) or real(self, *a, **kw))
+    model = H.adasplash_model(H.FAMILIES["llama"]).cuda().train()
+    ids = H.tokens(2, 300).cuda()
+
+    def autocast():
+        return torch.autocast("cuda", torch.bfloat16)
+
+    assert prewarm.compile_ahead(model, ids, snapped=True, autocast=autocast) > 0
+    assert compiles
+    compiles.clear()
+    for snapped in (False, True):
+        if snapped:
+            snap_alpha(model)
+        with autocast():
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad(), autocast():
+        model(input_ids=ids, labels=ids)
+    assert compiles == []
