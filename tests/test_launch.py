@@ -71,6 +71,22 @@ def test_anything_triton_specialises_on_compiles_again(jit, change):
     assert len(jit.jit_launches) == 2 and jit.runs == []
 
 
+def test_the_generated_key_is_the_generic_key(jit):
+    # each call site gets a key function generated for its argument names and types; a type it was not generated for
+    # (here an int scale) falls back to the generic rules, which give the same key
+    launcher = L.CachedLauncher(jit)
+    base = {"x": torch.zeros(64), "n": 100, "stride": 32, "scale": 0.5, "BD": 64, "num_warps": 4}
+    for change in [{}, {"x": torch.zeros(65)[1:]}, {"x": torch.zeros(8, dtype=torch.float16)}, {"stride": 1},
+                   {"stride": 40}, {"stride": -(2**33)}, {"n": 2**40}, {"n": 2**63}, {"BD": 128}, {"FLAG": True},
+                   {"num_warps": 8, "num_stages": 2}, {"scale": 2}]:
+        kw = {**base, **change}
+        want = [kw[n] if n in kw else launcher.defaults[n] for n in launcher.names]
+        key, values = launcher.key_and_values(kw)
+        assert key == launcher.key(want, kw), change
+        assert len(values) == len(want) and all(a is b for a, b in zip(values, want)), change
+    assert len(launcher._fast) == 3  # the base names, with FLAG, with num_stages
+
+
 def test_arg_key_rules():
     assert L.arg_key(7, True, True, True) == 7
     assert L.arg_key(True, False, True, True) == "u1"
