@@ -68,7 +68,8 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     report_to: str = "tensorboard"
     progress: bool = True
-    # compile every attention kernel the run will launch (learned, snapped, evaluation) at once before the first step
+    # compile every attention kernel the training loop will launch (learned, snapped, its evaluations) at once before
+    # the first step
     compile_ahead: bool = True
 
     def validate(self) -> None:
@@ -254,7 +255,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         # inside the timed run: compiling is part of the run's cost, ahead of time or not
         first = torch.stack([train[i]["input_ids"] for i in range(min(cfg.batch_size, len(train)))])
         snaps = cfg.alpha_snap_step is not None and state["step"] < cfg.alpha_snap_step
-        secs = compile_ahead(unwrapped, first.to(accelerator.device), snapped=snaps, autocast=accelerator.autocast)
+        # evaluations inside the loop count in its time; the final one runs after it and compiles its own kernels
+        secs = compile_ahead(unwrapped, first.to(accelerator.device), snapped=snaps, evaluation=cfg.eval_every > 0,
+                             autocast=accelerator.autocast)
         if secs is not None:
             state["compile_ahead_seconds"] = round(secs, 2)
             accelerator.print(f"attention kernels compiled ahead in {secs:.1f} s")

@@ -83,6 +83,8 @@ def summarize(out: Path) -> dict:
         "throughput_ratio_second_half": (half["adasplash"] / half["sdpa"]
                                          if half["sdpa"] and half["adasplash"] else None),
         "tokens": {a: runs[a]["tokens"] for a in runs}, "alpha": runs["adasplash"]["alpha"],
+        # inside the adasplash run's time: its kernels compiled before its first step (None: compiled as met)
+        "compile_ahead_seconds": runs["adasplash"].get("compile_ahead_seconds"),
         "context_length": sp.get("context_length"), "hardware": runs["adasplash"].get("hardware"),
         "values": values,
         "bars": {k: {"op": op, "bar": bar, "met": _check(values[k], op, bar)} for k, (op, bar) in BARS.items()},
