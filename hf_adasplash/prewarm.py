@@ -63,19 +63,43 @@ def _alpha_kept(model: nn.Module) -> Iterator[None]:
                 m.logit.requires_grad_(requires_grad)
 
 
+class _TimedPool:
+    """A thread pool that records each compile's kernel name and seconds (what bounds the whole)."""
+
+    def __init__(self, workers: int, timings: list):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.timings = ThreadPoolExecutor(max_workers=workers), timings
+
+    def submit(self, fn, /, *args, **kwargs):
+        def timed():
+            t0 = time.perf_counter()
+            kernel = fn(*args, **kwargs)
+            self.timings.append((getattr(kernel, "name", "?"), round(time.perf_counter() - t0, 2)))
+            return kernel
+
+        return self.pool.submit(timed)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown()
+        return False
+
+
 def compile_ahead(model: nn.Module, input_ids: torch.Tensor, *, snapped: bool = False, evaluation: bool = True,
                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                  workers: int | None = None) -> float | None:
+                  workers: int | None = None, timings: list | None = None) -> float | None:
     """Compiles, in parallel, the attention kernels that training ``model`` on batches like ``input_ids`` launches:
     one forward+backward as alpha is now, one after ``snap_alpha`` (``snapped``), one no-grad evaluation forward
     (``evaluation``, snapped if ``snapped``). Returns the seconds it took, or None where nothing compiles ahead
-    (tensors off CUDA, the Triton interpreter, a Triton without async compiles).
+    (tensors off CUDA, the Triton interpreter, a Triton without async compiles). ``timings`` receives
+    ``(kernel name, seconds)`` per compile.
     """
     mode = _async_compile_mode(input_ids)
     if mode is None:
         return None
-    from concurrent.futures import ThreadPoolExecutor
-
     from hf_adasplash.patching import snap_alpha
 
     def step():
@@ -92,8 +116,9 @@ def compile_ahead(model: nn.Module, input_ids: torch.Tensor, *, snapped: bool = 
 
     t0 = time.perf_counter()
     # fork_rng: the warm-up passes leave the random state as they found it (exact --resume)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool, mode(pool), _compile_only(), \
-            _alpha_kept(model), torch.random.fork_rng(devices=[input_ids.device] if input_ids.is_cuda else []):
+    rng_devices = [input_ids.device] if input_ids.is_cuda else []
+    with _TimedPool(workers or os.cpu_count(), [] if timings is None else timings) as pool, mode(pool), \
+            _compile_only(), _alpha_kept(model), torch.random.fork_rng(devices=rng_devices):
         step()
         if snapped:
             snap_alpha(model)

@@ -256,10 +256,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         first = torch.stack([train[i]["input_ids"] for i in range(min(cfg.batch_size, len(train)))])
         snaps = cfg.alpha_snap_step is not None and state["step"] < cfg.alpha_snap_step
         # evaluations inside the loop count in its time; the final one runs after it and compiles its own kernels
+        timings = []
         secs = compile_ahead(unwrapped, first.to(accelerator.device), snapped=snaps, evaluation=cfg.eval_every > 0,
-                             autocast=accelerator.autocast)
+                             autocast=accelerator.autocast, timings=timings)
         if secs is not None:
             state["compile_ahead_seconds"] = round(secs, 2)
+            state["compile_ahead_kernels"] = sorted(timings, key=lambda t: -t[1])  # (kernel, seconds), slowest first
             accelerator.print(f"attention kernels compiled ahead in {secs:.1f} s")
     while state["step"] < cfg.max_steps:
         # A fresh, seeded order per epoch; a resumed run skips exactly the micro-batches already consumed.
@@ -382,6 +384,7 @@ def _summary(cfg, path, accelerator, model, unwrapped, state, final_eval, hw) ->
         "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "alpha_rank_spread": _alpha_rank_spread(accelerator, alphas), "hardware": hw,
         "compile_ahead_seconds": state.get("compile_ahead_seconds"),
+        "compile_ahead_kernels": state.get("compile_ahead_kernels"),
     }
 
 

@@ -1,6 +1,8 @@
 """compile_ahead: a training step, the snapped step and an evaluation forward meet every kernel variant a fine-tune
 launches; the model, its alphas, its gradients and the random state come out as they went in."""
 
+import types
+
 import hf_models as H
 import torch
 
@@ -55,3 +57,11 @@ def test_compile_ahead_meets_every_variant_and_changes_nothing(monkeypatch):
     assert torch.equal(torch.get_rng_state(), rng) and model.training
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_the_compile_pool_times_each_kernel():
+    timings = []
+    with prewarm._TimedPool(2, timings) as pool:
+        assert pool.submit(lambda: types.SimpleNamespace(name="adasplash_fwd_kernel")).result().name == \
+            "adasplash_fwd_kernel"
+    assert [name for name, _ in timings] == ["adasplash_fwd_kernel"] and timings[0][1] >= 0
