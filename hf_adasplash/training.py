@@ -156,7 +156,6 @@ def _optimizer(cfg: FinetuneConfig, model):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate_blocks(accelerator, model, loader) -> dict:
     """Mean token loss over packed evaluation blocks, gathered over processes."""
     model.eval()

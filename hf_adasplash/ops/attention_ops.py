@@ -247,7 +247,7 @@ def attn_bwd_impl(
     if need_dalpha:
         # heads with alpha < 1.2 redo their rows per entry, without the row-sum form's cancellation (others
         # return at once)
-        launch(adasplash_bwd_kernel_dalpha_per_entry, (triton.cdiv(NQ, t.BMQ), B * Hq),
+        launch(adasplash_bwd_kernel_dalpha_per_entry, (NMQ, B * Hq),
             do=do, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt, BNS=t.BNS, BMQ=t.BMQ, **common,
         )
         # per-row buffer then one reduction per head: deterministic, no atomics
