@@ -7,7 +7,7 @@ with the GPU never the bottleneck), and with ``--launches`` how one Triton launc
 between the JIT's argument binding and the compiled kernel's own launcher.
 
     python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch] [--cprofile]
-    HF_ADASPLASH_CACHED_LAUNCH=1 python scripts/host_overhead.py --out host_cached.json   # ops/launch.py's path
+    HF_ADASPLASH_CACHED_LAUNCH=0 python scripts/host_overhead.py --out host_jit.json   # every launch through the JIT
 """
 
 from __future__ import annotations

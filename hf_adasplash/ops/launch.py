@@ -1,13 +1,11 @@
-"""Kernel launches, optionally past the Triton JIT's per-call argument binding.
+"""Kernel launches past the Triton JIT's per-call argument binding (on by default on CUDA).
 
 A JIT launch of our kernels (47-74 arguments) cost 52-144 us of host time on the H100 host (triton 3.6); the compiled
-kernel's own launcher took 14-27 us on the same arguments (``bench/host_h100_v14.txt``). With
-``HF_ADASPLASH_CACHED_LAUNCH=1`` each launch looks up the compiled kernel itself, keyed on everything Triton
-specialises a compilation on, and calls its launcher; a new key goes through the JIT once (compiling or loading
-it). Opt-in: on the H100 it is bit-identical to the JIT's launches and halves the forward's host time per call,
-but a SmolLM2 training step took 176.7 ms with it against 170.2 ms without (b313d15, bench/NOTES.md v15): its key,
-a Python loop over ~60 arguments, cost about what it skipped. The key is now a function generated per call site
-(names and types), ~2.8x faster on the CPU machine; its effect on the GPU step is not measured yet.
+kernel's own launcher took 14-27 us on the same arguments (``bench/host_h100_v14.txt``). Each launch here looks up the
+compiled kernel itself, keyed on everything Triton specialises a compilation on (a key function generated per call
+site from its argument names and types), and calls its launcher; a new key goes through the JIT once (compiling or
+loading it). Bit-identical to the JIT's launches; a SmolLM2 training step took 164 ms with it against 172 ms without
+(H100, bench/NOTES.md v16). ``HF_ADASPLASH_CACHED_LAUNCH=0`` takes the JIT for every launch.
 """
 
 from __future__ import annotations
@@ -129,8 +127,8 @@ _launchers: dict = {}
 
 
 def launch(jit_fn, grid, **kwargs) -> None:
-    """``jit_fn[grid](**kwargs)``; with ``HF_ADASPLASH_CACHED_LAUNCH=1`` on CUDA, through :class:`CachedLauncher`."""
-    if os.environ.get(ENV) != "1" or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
+    """``jit_fn[grid](**kwargs)``, through :class:`CachedLauncher` on CUDA unless ``HF_ADASPLASH_CACHED_LAUNCH=0``."""
+    if os.environ.get(ENV) == "0" or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
         jit_fn[grid](**kwargs)
         return
     launcher = _launchers.get(jit_fn)

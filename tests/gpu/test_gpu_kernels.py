@@ -128,7 +128,7 @@ def test_near_alpha_1(D, dtype):
 
 
 def test_cached_launch_matches_the_jit(monkeypatch):
-    # HF_ADASPLASH_CACHED_LAUNCH=1 (ops/launch.py) calls each compiled kernel's launcher itself: results must be
+    # the cached launch (ops/launch.py, the default) calls each compiled kernel's launcher itself: results must be
     # bit-identical to the JIT's launches, for two layouts (contiguous and HF's transposed q/k/v) and the decode path
     from hf_adasplash.ops import launch
 
@@ -149,9 +149,9 @@ def test_cached_launch_matches_the_jit(monkeypatch):
             outs.append(adasplash_attention_triton(q[:, :, -3:], k, v, alpha, is_causal=True))  # decode
         return outs
 
-    monkeypatch.delenv(launch.ENV, raising=False)
+    monkeypatch.setenv(launch.ENV, "0")
     want = run()
-    monkeypatch.setenv(launch.ENV, "1")
+    monkeypatch.delenv(launch.ENV, raising=False)
     first, second = run(), run()  # the first call per key takes the JIT, the second the cached kernels
     assert any(len(c.compiled) for c in launch._launchers.values())
     for got in (first, second):

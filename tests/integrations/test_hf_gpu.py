@@ -101,7 +101,7 @@ def test_compile_ahead_leaves_the_run_nothing_to_compile(monkeypatch):
     from triton.runtime.jit import JITFunction
 
     from hf_adasplash import prewarm
-    from hf_adasplash.ops import attention_ops
+    from hf_adasplash.ops import attention_ops, launch
     from hf_adasplash.patching import snap_alpha
 
     monkeypatch.setenv(integ.BACKEND_ENV, "triton")
@@ -110,6 +110,7 @@ def test_compile_ahead_leaves_the_run_nothing_to_compile(monkeypatch):
                attention_ops.adasplash_bwd_kernel_dalpha_per_entry, attention_ops.adasplash_bwd_kernel_dkv]
     for k in kernels:
         k.device_caches.clear()  # forget what earlier tests compiled (the disk cache may still serve them)
+    launch._launchers.clear()  # and the cached launch's kernels, which would otherwise skip the JIT
     compiles = []
     real = JITFunction._do_compile
     monkeypatch.setattr(JITFunction, "_do_compile",
