@@ -37,12 +37,36 @@ def _warm(jit_fn, grid, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def _compile_only() -> Iterator[None]:
-    """Attention kernel launches compile without running (their outputs stay uninitialised)."""
+def _async_mode_here(mode) -> Iterator[None]:
+    """``mode`` active on this thread too. Autograd runs a CUDA backward on its own worker thread, which does not see
+    the mode the main thread entered (a ContextVar): without this the backward's kernels compiled one at a time,
+    outside the pool."""
+    try:
+        from triton.runtime import _async_compile
+    except ImportError:
+        _async_compile = None
+    if mode is None or _async_compile is None or _async_compile.active_mode.get() is not None:
+        yield
+        return
+    token = _async_compile.active_mode.set(mode)
+    try:
+        yield
+    finally:
+        _async_compile.active_mode.reset(token)
+
+
+@contextlib.contextmanager
+def _compile_only(mode=None) -> Iterator[None]:
+    """Attention kernel launches compile without running (their outputs stay uninitialised), inside ``mode`` (an
+    ``AsyncCompileMode``) on whichever thread launches them."""
     from hf_adasplash.ops import attention_ops
 
+    def warm(jit_fn, grid, **kwargs):
+        with _async_mode_here(mode):
+            _warm(jit_fn, grid, **kwargs)
+
     real = attention_ops.launch
-    attention_ops.launch = lambda jit_fn, grid, **kwargs: _warm(jit_fn, grid, **kwargs)
+    attention_ops.launch = warm
     try:
         yield
     finally:
@@ -117,8 +141,8 @@ def compile_ahead(model: nn.Module, input_ids: torch.Tensor, *, snapped: bool = 
     t0 = time.perf_counter()
     # fork_rng: the warm-up passes leave the random state as they found it (exact --resume)
     rng_devices = [input_ids.device] if input_ids.is_cuda else []
-    with _TimedPool(workers or os.cpu_count(), [] if timings is None else timings) as pool, mode(pool), \
-            _compile_only(), _alpha_kept(model), torch.random.fork_rng(devices=rng_devices):
+    with _TimedPool(workers or os.cpu_count(), [] if timings is None else timings) as pool, mode(pool) as active, \
+            _compile_only(active), _alpha_kept(model), torch.random.fork_rng(devices=rng_devices):
         step()
         if snapped:
             snap_alpha(model)

@@ -121,10 +121,21 @@ def test_near_alpha_1(D, dtype):
     print(f"\nnear 1, D={D} {dtype}: " + " ".join(f"{n}={max(e):.1e}" for n, e in errs.items()))
     if dtype == torch.float32:
         bounds = {"out": 1e-5, "dq": 1e-4, "dk": 1e-4, "dv": 1e-4, "dalpha": 1e-4}
-    else:
-        bounds = {"out": 2e-2, "dq": 2e-2, "dk": 2e-2, "dv": 2e-2, "dalpha": 2e-2}
+        for n, e in errs.items():
+            assert max(e) <= bounds[n], (n, dict(zip(NEAR_1, e)))
+        return
+    # fp16: 2e-2, or per head within twice what PyTorch's own fp16 computation errs (+1e-3) where that is larger
+    # (the bar; d(alpha) of one head sums 2000 rows with cancellation: 2.7e-2 at alpha = 1.5, D = 128)
+    xl = [t.detach().requires_grad_() for t in (q, k, v, alpha)]
+    pt = lowp_attention(*xl, is_causal=True)
+    gpt = (pt, *torch.autograd.grad(pt, xl, do))
+    base = {n: ((a.double() - b).abs().amax(dim=(0, 2, 3)) / b.abs().amax()).tolist()
+            for n, a, b in zip(("out", "dq", "dk", "dv"), gpt, want)}
+    base["dalpha"] = ((gpt[4].double() - want[4]).abs() / want[4].abs()).tolist()
+    print("fp16 PyTorch: " + " ".join(f"{n}={max(e):.1e}" for n, e in base.items()))
     for n, e in errs.items():
-        assert max(e) <= bounds[n], (n, dict(zip(NEAR_1, e)))
+        bound = [max(2e-2, 2 * b + 1e-3) for b in base[n]]
+        assert all(x <= y for x, y in zip(e, bound)), (n, dict(zip(NEAR_1, e)), dict(zip(NEAR_1, base[n])))
 
 
 def test_cached_launch_matches_the_jit(monkeypatch):

@@ -1,9 +1,11 @@
 """compile_ahead: a training step, the snapped step and an evaluation forward meet every kernel variant a fine-tune
 launches; the model, its alphas, its gradients and the random state come out as they went in."""
 
+import threading
 import types
 
 import hf_models as H
+import pytest
 import torch
 
 import hf_adasplash
@@ -65,3 +67,24 @@ def test_the_compile_pool_times_each_kernel():
         assert pool.submit(lambda: types.SimpleNamespace(name="adasplash_fwd_kernel")).result().name == \
             "adasplash_fwd_kernel"
     assert [name for name, _ in timings] == ["adasplash_fwd_kernel"] and timings[0][1] >= 0
+
+
+def test_the_backward_thread_compiles_in_the_pool_too():
+    # autograd runs a CUDA backward on its own thread, which does not see the AsyncCompileMode the main thread
+    # entered (a ContextVar): launches from any thread must still compile inside it
+    _async_compile = pytest.importorskip("triton.runtime._async_compile")
+    from hf_adasplash.ops import attention_ops
+
+    mode, seen = object(), []
+
+    class Jit:
+        def warmup(self, grid, **kwargs):
+            seen.append(_async_compile.active_mode.get())
+
+    with prewarm._compile_only(mode):
+        worker = threading.Thread(target=attention_ops.launch, args=(Jit(), (1,)))
+        worker.start()
+        worker.join()
+        attention_ops.launch(Jit(), (1,))
+    assert seen == [mode, mode]
+    assert _async_compile.active_mode.get() is None
