@@ -8,6 +8,12 @@ makes the output pass's first-order step. Prints passes per block and the output
 exact entmax, for random causal inputs (``--temp`` scales the scores).
 
     python scripts/tau_fold_sim.py --alphas 1.25,1.5,1.75 --mult 16
+
+``--scan-start`` (alpha = 1 + 1/n only) also simulates the first tau step made by the scan: it visits the diagonal
+tile first, so it can keep the exact sums ``sum x^n``, ``x^(n-1)``, ``x^(n-2)`` of ``x = [z - tau0]_+`` at
+``tau0 = (the diagonal tile's row max) - 1 <= m - 1``, a valid point for a Newton/Halley step (certified from the
+left). The tau loop then starts at that step's point, and its first pass may already stop at the fold's tolerance.
+``--sink`` adds a score bump on key 0 (an attention sink: the row max then lies outside the diagonal tile).
 """
 
 import argparse
@@ -15,13 +21,37 @@ import argparse
 import numpy as np
 
 
-def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0):
+def scan_start_sums(z, p, bn=64, b0=0, bm=128):
+    """(t0, S0, S1, S2): the sums of x = [z - tau0]_+ at tau0 = (the diagonal tile's row max) - 1, which the scan can
+    keep exactly as it goes (the diagonal tile comes first), and t0 = tau0 - (final row max)."""
+    rows = z[b0:b0 + bm]
+    diag = b0 // bn
+    ref = rows[:, diag * bn:(diag + 1) * bn].max(1) - 1.0
+    x = np.maximum(rows - ref[:, None], 0.0)
+    x = np.where(np.isfinite(x), x, 0.0)
+    on = x > 0
+    s0, s1, s2 = (np.where(on, x**j, 0.0).sum(1) if j >= 0 else 0 * ref for j in (p, p - 1, p - 2))
+    return ref - rows.max(1), s0, s1, s2
+
+
+def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
+    """The kernel's step from the sums at t: (new t, Newton step, curvature term)."""
+    dn = (s0 - s0 ** (1 - am1)) / s1  # Newton on h = S0^(alpha-1) - 1
+    r = np.maximum(pm1 * (s0 * s2 - s1 * s1) / (2 * s0 * s1), 0.0) if pm1 != 0 else np.zeros_like(t)
+    den = 1 - dn * r
+    new = t + np.where(den > 0.25, dn / den, dn)
+    return np.where((new >= t_lo) & (new < t_hi), new, t_lo), dn, r
+
+
+def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, scan_start=False, sink=0.0):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((n, d)) for _ in range(3))
     am1, p = alpha - 1.0, 1.0 / (alpha - 1.0)
     pm1 = p - 1.0
-    z = np.where(np.tril(np.ones((n, n), bool)), am1 * temp * (q @ k.T) / np.sqrt(d), -np.inf)
-    z = z - z.max(1, keepdims=True)  # tau as an offset from the row max, as the kernels carry it
+    s = temp * (q @ k.T) / np.sqrt(d)
+    s[:, 0] += sink
+    z_raw = np.where(np.tril(np.ones((n, n), bool)), am1 * s, -np.inf)
+    z = z_raw - z_raw.max(1, keepdims=True)  # tau as an offset from the row max, as the kernels carry it
     tol = max(2.0**-12, 2.0**-6 * min(1.0, 2 * min(am1, 1 - am1))) if half else 2.0**-12
 
     def sums(zb, t):
@@ -44,20 +74,24 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0):
     for b0 in range(0, n, bm):
         zb = z[b0:b0 + bm]
         t, t_lo, t_hi = -np.ones(len(zb)), -np.ones(len(zb)), np.zeros(len(zb))
+        first = 1
+        if scan_start:
+            # the first step from the scan's exact sums at t0 <= -1: its Newton point is a certified bound
+            t0, s0, s1, s2 = scan_start_sums(z_raw, int(round(p)), b0=b0, bm=bm)
+            t_lo = np.maximum(t_lo, t0 + (s0 - s0 ** (1 - am1)) / s1)
+            t_hi = np.where(s0 < 1, np.minimum(t_hi, t0), t_hi)
+            t = halley(t0, s0, s1, s2, am1, pm1, t_lo, t_hi)[0]
+            first = 0
         hist, stop = [t.copy()], None
         for it in range(64):
             s0, s1, s2, _, _ = sums(zb, t)
-            dn = (s0 - s0 ** (1 - am1)) / s1  # Newton on h = S0^(alpha-1) - 1
-            t_lo = np.maximum(t_lo, t + dn)
+            t_lo = np.maximum(t_lo, t + (s0 - s0 ** (1 - am1)) / s1)  # the Newton point: a certified bound
             t_hi = np.where(s0 < 1, np.minimum(t_hi, t), t_hi)
-            r = np.maximum(pm1 * (s0 * s2 - s1 * s1) / (2 * s0 * s1), 0.0) if pm1 != 0 else np.zeros_like(t)
-            den = 1 - dn * r
-            new = t + np.where(den > 0.25, dn / den, dn)
-            new = np.where((new >= t_lo) & (new < t_hi), new, t_lo)
+            new, dn, r = halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi)
             step = np.abs(new - t)
             t = new
             hist.append(t.copy())
-            if stop is None and it > 0 and (step <= mult * tol).all():
+            if stop is None and it >= first and (step <= mult * tol).all():
                 stop = it + 1
             if ((step <= tol) | (r * dn * dn <= tol * 1e-3)).all():
                 break
@@ -80,9 +114,16 @@ def main():
     ap.add_argument("--fp32", action="store_true", help="the fp32 tolerance (default: bf16/fp16's)")
     ap.add_argument("--temp", type=float, default=1.0, help="score scale (sharper rows above 1)")
     ap.add_argument("-n", type=int, default=1024)
+    ap.add_argument("--scan-start", action="store_true",
+                    help="also the start from the scan's moments (alpha = 1 + 1/n)")
+    ap.add_argument("--sink", type=float, default=0.0, help="score added to key 0 (an attention sink)")
     args = ap.parse_args()
     for alpha in (float(a) for a in args.alphas.split(",")):
-        res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp)
+        res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp, sink=args.sink)
+        if args.scan_start:
+            res |= {f"{key}_scan": val for key, val in simulate(alpha, args.mult, n=args.n, half=not args.fp32,
+                                                                temp=args.temp, scan_start=True,
+                                                                sink=args.sink).items()}
         print(f"alpha {alpha:.3f} " + " ".join(f"{k} {v:.3g}" for k, v in res.items()), flush=True)
 
 
