@@ -246,7 +246,8 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               BN: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, IS_CAUSAL: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
-              CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr):
+              CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr,
+              STRICT_TOL: tl.constexpr = False):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     Rows with no visible key come back with row max 0 and offset inf. The candidate tiles' list (``p_idx``) ends
@@ -258,7 +259,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
     row_ok = m_row & (b_m > float("-inf"))
     b_m = tl.where(row_ok, b_m, 0.0)  # rows with no visible key: off = inf makes every x = -inf
     tol = TAU_TOL
-    if DOT_PREC != "ieee":
+    if DOT_PREC != "ieee" and not STRICT_TOL:
         # the loose tolerance only away from alpha = 1 and 2: near 2, x^(p-2) ~ 1/x makes Halley's error estimate
         # unreliable (fp16 at alpha = 1.999 erred 1e-2 with 2^-6)
         tol = tl.maximum(TAU_TOL, TAU_TOL_HALF * tl.minimum(1.0, 2.0 * tl.minimum(a_m1, 1.0 - a_m1)))
@@ -405,9 +406,10 @@ def adasplash_fwd_tau_kernel(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
+    STRICT_TOL: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
-    threshold and length.
+    threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs.
 
     On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
@@ -431,7 +433,7 @@ def adasplash_fwd_tau_kernel(
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
                                      pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
-                                     HALLEY, HALLEY_GENERAL, LATE_SUM)
+                                     HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -496,7 +498,7 @@ def adasplash_fwd_kernel(
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
-    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
+    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False, STRICT_TOL: tl.constexpr = False,
 ):
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
                                                                              G, BM, IS_VARLEN, HEAVY_FIRST)
@@ -542,7 +544,7 @@ def adasplash_fwd_kernel(
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
                                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
-                                         HALLEY_GENERAL, LATE_SUM)
+                                         HALLEY_GENERAL, LATE_SUM, STRICT_TOL)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, 4/3 to 6/5, near 1, general): a runtime branch inside the

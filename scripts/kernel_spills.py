@@ -108,17 +108,19 @@ def cases(D: int, t, fp32: bool = False):
                          (" 1.5/2 alpha", solve_settings(t, True, False))):
             if hint and ts == t:
                 continue
-            yield (f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel,
-                   dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(ts),
-                        HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general),
-                   solve_launch_args(ts))
+            tau_args = dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
+                            **tau_pass_args(ts), HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general)
+            yield f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel, tau_args, solve_launch_args(ts)
+            if not hint:  # a learning alpha: d(alpha) needs the fp32 tolerance
+                yield ("fwd tau (phase B) alpha learns", adasplash_fwd_tau_kernel, dict(tau_args, STRICT_TOL=True),
+                       solve_launch_args(ts))
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
     cap = 2 if fp32 else 99
     fwd_opts = _opts(t.fwd_warps, min(t.fwd_stages, cap))
     yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), fwd_opts
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), fwd_opts
-    yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
+    yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True, STRICT_TOL=True),
            _opts(t.fwd_ent_warps or t.fwd_warps, min(t.fwd_ent_stages or t.fwd_stages, cap)))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd, HEAVY_FIRST=t.bwd_heavy_first)
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)

@@ -120,7 +120,8 @@ def fold_args(t: Tiles) -> dict[str, float]:
     Float64 simulation of the loop (scripts/tau_fold_sim.py, bench/NOTES.md v9): 16 / 4 saves one of three passes at
     alpha 1.25-1.5 for an output error <= 1e-4; 16 above alpha = 1.5 breaks. Training reads O2 = U V / sum U at the
     loop's tau, whose error grows with the folded step, yet on the GPU at 4k its bf16 errors against float64 did not
-    grow at 16 (`fold_accuracy_h100_v9.txt`), so training takes the same multipliers.
+    grow at 16 (`fold_accuracy_h100_v9.txt`), so training takes the same multipliers. d(alpha) is more sensitive:
+    while alpha learns, half-precision inputs take the fp32 tau tolerance (``STRICT_TOL``, bench/NOTES.md v16).
     """
     lo, hi = t.fold_tol if t.fold else (1.0, 1.0)
     return {"fold_lo": lo, "fold_hi": hi}
