@@ -36,8 +36,11 @@ def test_spill_report_lists_the_tau_kernel_once_per_alpha_hint(tmp_path):
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
-    assert sorted(rows) == ["fwd tau (phase B)", "fwd tau (phase B) 1.5/2 alpha", "fwd tau (phase B) grid alpha"]
+    assert sorted(rows) == ["fwd tau (phase B)", "fwd tau (phase B) 1.5/2 alpha", "fwd tau (phase B) alpha learns",
+                            "fwd tau (phase B) grid alpha"]
     assert rows["fwd tau (phase B) 1.5/2 alpha"]["regs"] <= 168  # the register cap reaches ptxas
+    # a learning alpha's fp32 tau tolerance is a constant: no more registers than the loose one's runtime formula
+    assert rows["fwd tau (phase B) alpha learns"]["regs"] <= rows["fwd tau (phase B)"]["regs"]
     assert rows["fwd tau (phase B) grid alpha"]["regs"] > rows["fwd tau (phase B)"]["regs"]  # wider slices
 
 
