@@ -498,7 +498,7 @@ def adasplash_fwd_kernel(
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
-    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False, STRICT_TOL: tl.constexpr = False,
+    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
 ):
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
                                                                              G, BM, IS_VARLEN, HEAVY_FIRST)
@@ -544,7 +544,7 @@ def adasplash_fwd_kernel(
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
                                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
-                                         HALLEY_GENERAL, LATE_SUM, STRICT_TOL)
+                                         HALLEY_GENERAL, LATE_SUM, NEED_ENT)  # d(alpha): the fp32 tolerance
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, 4/3 to 6/5, near 1, general): a runtime branch inside the

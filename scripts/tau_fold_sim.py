@@ -35,12 +35,15 @@ def scan_start_sums(z, p, bn=64, b0=0, bm=128):
 
 
 def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
-    """The kernel's step from the sums at t: (new t, Newton step, curvature term)."""
+    """The kernel's step from the exact sums at t: the bracket [t_lo, t_hi) tightened by them (the Newton point is
+    a certified lower bound; S0 < 1 puts t above the root), then (new t, Newton step, curvature term, t_lo, t_hi)."""
     dn = (s0 - s0 ** (1 - am1)) / s1  # Newton on h = S0^(alpha-1) - 1
+    t_lo = np.maximum(t_lo, t + dn)
+    t_hi = np.where(s0 < 1, np.minimum(t_hi, t), t_hi)
     r = np.maximum(pm1 * (s0 * s2 - s1 * s1) / (2 * s0 * s1), 0.0) if pm1 != 0 else np.zeros_like(t)
     den = 1 - dn * r
     new = t + np.where(den > 0.25, dn / den, dn)
-    return np.where((new >= t_lo) & (new < t_hi), new, t_lo), dn, r
+    return np.where((new >= t_lo) & (new < t_hi), new, t_lo), dn, r, t_lo, t_hi
 
 
 def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, scan_start=False, sink=0.0):
@@ -78,16 +81,12 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
         if scan_start:
             # the first step from the scan's exact sums at t0 <= -1: its Newton point is a certified bound
             t0, s0, s1, s2 = scan_start_sums(z_raw, int(round(p)), b0=b0, bm=bm)
-            t_lo = np.maximum(t_lo, t0 + (s0 - s0 ** (1 - am1)) / s1)
-            t_hi = np.where(s0 < 1, np.minimum(t_hi, t0), t_hi)
-            t = halley(t0, s0, s1, s2, am1, pm1, t_lo, t_hi)[0]
+            t, _, _, t_lo, t_hi = halley(t0, s0, s1, s2, am1, pm1, t_lo, t_hi)
             first = 0
         hist, stop = [t.copy()], None
         for it in range(64):
             s0, s1, s2, _, _ = sums(zb, t)
-            t_lo = np.maximum(t_lo, t + (s0 - s0 ** (1 - am1)) / s1)  # the Newton point: a certified bound
-            t_hi = np.where(s0 < 1, np.minimum(t_hi, t), t_hi)
-            new, dn, r = halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi)
+            new, dn, r, t_lo, t_hi = halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi)
             step = np.abs(new - t)
             t = new
             hist.append(t.copy())
@@ -115,7 +114,7 @@ def main():
     ap.add_argument("--temp", type=float, default=1.0, help="score scale (sharper rows above 1)")
     ap.add_argument("-n", type=int, default=1024)
     ap.add_argument("--scan-start", action="store_true",
-                    help="also the start from the scan's moments (alpha = 1 + 1/n)")
+                    help="also the start from the scan's sums at the diagonal tile's max - 1 (alpha = 1 + 1/n)")
     ap.add_argument("--sink", type=float, default=0.0, help="score added to key 0 (an attention sink)")
     args = ap.parse_args()
     for alpha in (float(a) for a in args.alphas.split(",")):

@@ -160,7 +160,6 @@ def attn_fwd_impl(
         tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common, **fold_args(t),
         FOLD=t.fold, NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
-        STRICT_TOL=need_ent,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
     )
     return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
