@@ -153,7 +153,7 @@ def attn_fwd_impl(
             q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
             CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
-            STRICT_TOL=need_ent, **solve_launch_args(t),
+            STRICT_TOL=need_ent and t.strict_tol_learning, **solve_launch_args(t),
         )
     launch(adasplash_fwd_kernel, grid,
         q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,

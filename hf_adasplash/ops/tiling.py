@@ -63,6 +63,9 @@ class Tiles:
     fold: bool = True  # the output pass makes tau's last Newton step (to first order), so the tau loop stops earlier
     # how much looser the tau loop's step tolerance is then (from its second pass), for alpha <= 1.5 and alpha > 1.5
     fold_tol: tuple[float, float] = (16.0, 4.0)
+    # while alpha learns, half-precision inputs take the fp32 tau tolerance in the tau kernel: d(alpha) reads the tau
+    # loop's last point (bench/NOTES.md v16); 0 keeps the loose one, to time what the strict one costs
+    strict_tol_learning: bool = True
 
 
 @functools.cache  # Tiles is frozen; building it per call cost ~25 us of host time
