@@ -115,3 +115,38 @@ def test_launch_takes_the_jit_unless_asked_and_on_cuda(jit, monkeypatch):
     L.launch(jit, (1,), **args)
     L.launch(jit, (1,), **args)
     assert len(jit.jit_launches) == 5 and len(jit.runs) == 1
+
+
+def test_a_plan_replays_its_bound_kernel_with_the_new_tensors(jit, monkeypatch):
+    from hf_adasplash.ops.plans import Plan, Step
+
+    monkeypatch.delenv(L.ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(L, "_launchers", {})
+    plan = Plan([("x", lambda b: torch.zeros(64))], [Step(jit, (4, 2), {"n": 100, "stride": 32, "scale": 0.5, "BD": 64},
+                                                          {"x": "x"})], cuda=True)
+    first = plan.allocate({})
+    plan.run(first, L.launch)  # through the JIT (compiles), then bound
+    assert len(jit.jit_launches) == 1 and jit.runs == [] and plan.steps[0].bound
+    second = plan.allocate({})
+    plan.run(second, L.launch)
+    assert len(jit.jit_launches) == 1
+    assert len(jit.runs) == 1 and jit.runs[0][2][0] is second["x"] and jit.runs[0][1:] == ((4, 2, 1),
+                                                                                         (second["x"], 100, 32, 0.5,
+                                                                                          64, False))
+    # a tensor of other alignment than the bound key's: back through launch, which compiles that variant
+    plan.run({"x": torch.zeros(65)[1:]}, L.launch)
+    assert len(jit.jit_launches) == 2 and len(jit.runs) == 1
+    # a replaced launch function (a spy, compile-ahead) or HF_ADASPLASH_CACHED_LAUNCH=0 sees every launch
+    seen = []
+    plan.run(plan.allocate({}), lambda fn, grid, **kw: seen.append(kw))
+    monkeypatch.setenv(L.ENV, "0")
+    plan.run(plan.allocate({}), L.launch)
+    assert len(seen) == 1 and len(jit.jit_launches) == 3 and len(jit.runs) == 1
+
+
+def test_a_plan_step_takes_no_fixed_tensor():
+    from hf_adasplash.ops.plans import Step
+
+    with pytest.raises(TypeError, match="must be named in `tensors`"):
+        Step(object(), (1,), {"x": torch.zeros(1)}, {})

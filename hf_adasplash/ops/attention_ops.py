@@ -11,6 +11,8 @@ list is a gap per (query block, key tile) ``[B*Hq, NMB, NKB]`` plus one threshol
 """
 
 
+import math
+
 import torch
 import triton
 
@@ -18,6 +20,7 @@ from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bw
 from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
 from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from hf_adasplash.ops.launch import launch
+from hf_adasplash.ops.plans import Plan, PlanCache, Step, tensor_sig
 from hf_adasplash.ops.tiling import (
     LIST_CHUNK,
     MAX_TAU_ITERS,
@@ -57,8 +60,8 @@ def _row_shape(q, cu_seqlens_q):
     return (q.shape[1], q.shape[0])
 
 
-def _row_strides(rows, varlen):
-    return (0, rows.stride(0)) if varlen else (rows.stride(0), rows.stride(1))
+def _row_strides(rows_strides, varlen):
+    return (0, rows_strides[0]) if varlen else (rows_strides[0], rows_strides[1])
 
 
 def _io_strides(strides, **tensors):
@@ -75,16 +78,29 @@ def _overlaps(t):
     return any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape))
 
 
-def _aux(q, q_pos, k_pos, kpm):
-    """Pointers for the optional inputs (a dummy tensor when absent) and their batch strides."""
-    dummy = q.new_empty(0, dtype=torch.int32)
-    qp = dummy if q_pos is None else q_pos
-    kp = dummy if k_pos is None else k_pos
-    m = dummy if kpm is None else kpm
-    s_qp = qp.stride(0) if qp.dim() == 2 else 0
-    s_kp = kp.stride(0) if kp.dim() == 2 else 0
-    s_m = m.stride(0) if m.dim() == 2 else 0
-    return qp, kp, m, s_qp, s_kp, s_m
+def _aux(q_pos, k_pos, kpm, varlen):
+    """The optional inputs' tensor names (the 0-element ``dummy`` where absent) and their batch strides."""
+    present = {"cu_seqlens_q": varlen, "cu_seqlens_k": varlen, "q_pos": q_pos is not None,
+               "k_pos": k_pos is not None, "kpm": kpm is not None}
+    names = {arg: arg if there else "dummy" for arg, there in present.items()}
+    strides = {"stride_pqb": _batch_stride(q_pos), "stride_pkb": _batch_stride(k_pos), "stride_mb": _batch_stride(kpm)}
+    return names, strides
+
+
+def _batch_stride(t):
+    return t.stride(0) if t is not None and t.dim() == 2 else 0
+
+
+def _dummy(table):
+    return table["q"].new_empty(0, dtype=torch.int32)
+
+
+def _contiguous_strides(shape):
+    strides, n = [], 1
+    for size in reversed(shape):
+        strides.append(n)
+        n *= size
+    return tuple(reversed(strides))
 
 
 def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
@@ -93,6 +109,10 @@ def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
         "HAS_KPM": kpm is not None, "HAS_SOFTCAP": softcap > 0, "IS_VARLEN": cu_seqlens_q is not None,
         "DOT_PREC": "ieee" if q.dtype == torch.float32 else "tf32",
     }
+
+
+FWD_OUTS = ("o", "o2", "tau", "ent", "o3", "tile_gap", "tile_thr", "tile_idx", "tile_cnt")
+_FWD_PLANS, _BWD_PLANS = PlanCache(), PlanCache()
 
 
 def attn_fwd_impl(
@@ -108,61 +128,86 @@ def attn_fwd_impl(
     every head's alpha is known on the host to be 1.5 or 2 / on the multiplication grid, so the tau kernel may take
     the settings those heads prefer (``tiling.solve_settings``)."""
     q, k, v = _last_dim_contiguous(q, k, v)
+    t = solve_settings(tiles(q.shape[-1]), alpha_square, alpha_grid)
+    table = {"q": q, "k": k, "v": v, "alpha": alpha, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
+             "q_pos": q_pos, "k_pos": k_pos, "kpm": key_padding_mask}
+    opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent)
+    # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
+    key = (t, opts, *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel,
+           adasplash_fwd_kernel)
+    plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, table, *opts))
+    plan.run(plan.allocate(table), launch)
+    return tuple(table[name] for name in FWD_OUTS)
+
+
+def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent) -> Plan:
+    q, k, cu_seqlens_q = table["q"], table["k"], table["cu_seqlens_q"]
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
-    t = solve_settings(tiles(D), alpha_square, alpha_grid)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     varlen = cu_seqlens_q is not None
-    o = torch.empty_like(q)
-    o2 = torch.empty_like(q) if need_bwd else q.new_empty(0)
-    rows = torch.empty(_row_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
-    # with a scan kernel, tau carries (row max, softmax normaliser) from it to the main kernel, also at inference
-    scratch = rows.new_empty((2, *rows.shape)) if need_bwd or t.scan else rows.new_empty(0)
-    ent = torch.empty_like(rows) if need_ent else rows.new_empty(0)
-    o3 = torch.empty_like(q) if need_ent and t.o3_fwd else q.new_empty(0)
-    tile_gap = torch.empty((B * Hq, NMB, NKB), dtype=torch.float32, device=q.device)
+    rows_shape = _row_shape(q, cu_seqlens_q)
     solve = t.scan and t.solve
     # the tau kernel hands the list's threshold and length to the main kernel, also at inference
     keep_list = need_bwd or solve
-    tile_thr = torch.empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.float32, device=q.device)
-    tile_idx = torch.empty((B * Hq, NMB, NKB), dtype=torch.int32, device=q.device)
-    tile_cnt = torch.empty((B * Hq, NMB) if keep_list else (0,), dtype=torch.int32, device=q.device)
-    tau = scratch if need_bwd else rows.new_empty(0)
+    f32, i32 = torch.float32, torch.int32
+
+    def new(shape, dtype=f32):
+        return lambda b: torch.empty(shape, dtype=dtype, device=b["q"].device)
+
+    def like_q(b):
+        return torch.empty_like(b["q"])
+
+    def none_q(b):
+        return b["q"].new_empty(0)
+
+    plan = Plan([
+        ("o", like_q),
+        ("o2", like_q if need_bwd else none_q),
+        # with a scan kernel, tau carries (row max, softmax normaliser) from it to the main kernel, also at inference
+        ("scratch", new((2, *rows_shape)) if need_bwd or t.scan else new((0,))),
+        ("ent", new(rows_shape) if need_ent else new((0,))),
+        ("o3", like_q if need_ent and t.o3_fwd else none_q),
+        ("tile_gap", new((B * Hq, NMB, NKB))),
+        ("tile_thr", new((B * Hq, NMB) if keep_list else (0,))),
+        ("tile_idx", new((B * Hq, NMB, NKB), i32)),
+        ("tile_cnt", new((B * Hq, NMB) if keep_list else (0,), i32)),
+        ("tau", (lambda b: b["scratch"]) if need_bwd else new((0,))),
+        ("dummy", _dummy),
+    ], cuda=q.is_cuda)
     if q.numel() == 0 or NMB == 0:
-        return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
-    qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
-    cu_q = cu_seqlens_q if varlen else qp
-    cu_k = cu_seqlens_k if varlen else qp
-    r_b, r_h = _row_strides(rows, varlen)
+        return plan
+    o = plan.allocate(dict(table))["o"]  # an example, for its strides
+    aux_names, aux_strides = _aux(table["q_pos"], table["k_pos"], table["kpm"], varlen)
+    r_b, r_h = _row_strides(_contiguous_strides(rows_shape), varlen)
     common = dict(
-        alpha=alpha, tile_gap=tile_gap, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
-        stride_rs=rows.numel(), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        stride_rs=math.prod(rows_shape), stride_rb=r_b, stride_rh=r_h, **aux_strides,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN,
-        **_flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q),
+        **_flags(is_causal, window, softcap, table["q_pos"], table["kpm"], cu_seqlens_q, q),
     )
+    common_tensors = {"alpha": "alpha", "tile_gap": "tile_gap", **aux_names}
     heavy_first = t.heavy_first and common["IS_CAUSAL"]
     grid = (B * Hq, NMB) if heavy_first else (NMB, B * Hq)
     common["HEAVY_FIRST"] = heavy_first
     if t.scan:
-        launch(adasplash_fwd_scan_kernel, grid,
-            q=q, k=k, rows=scratch, **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split,
-            **scan_launch_args(t),
-        )
+        plan.steps.append(Step(adasplash_fwd_scan_kernel, grid, dict(
+            **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, **scan_launch_args(t),
+        ), {"q": "q", "k": "k", "rows": "scratch", **common_tensors}))
     if solve:
-        launch(adasplash_fwd_tau_kernel, grid,
-            q=q, k=k, tau=scratch, tile_thr=tile_thr, tile_idx=tile_idx, tile_cnt=tile_cnt,
-            **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
-            CH=LIST_CHUNK, **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+        plan.steps.append(Step(adasplash_fwd_tau_kernel, grid, dict(
+            **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
+            **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
             STRICT_TOL=need_ent and t.strict_tol_learning, **solve_launch_args(t),
-        )
-    launch(adasplash_fwd_kernel, grid,
-        q=q, k=k, v=v, o=o, o2=o2, o3=o3, tau=scratch, ent=ent, tile_thr=tile_thr, tile_idx=tile_idx,
-        tile_cnt=tile_cnt, **_io_strides(strides, q=q, k=k, v=v, o=o), **common, **fold_args(t),
-        FOLD=t.fold, NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
+        ), {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
+            "tile_cnt": "tile_cnt", **common_tensors}))
+    plan.steps.append(Step(adasplash_fwd_kernel, grid, dict(
+        **_io_strides(strides, q=q, k=k, v=table["v"], o=o), **common, **fold_args(t), FOLD=t.fold,
+        NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
-    )
-    return o, o2, tau, ent, o3, tile_gap, tile_thr, tile_idx, tile_cnt
+    ), {"q": "q", "k": "k", "v": "v", "o": "o", "o2": "o2", "o3": "o3", "tau": "scratch", "ent": "ent",
+        "tile_thr": "tile_thr", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
+    return plan
 
 
 attn_fwd = torch.library.custom_op("hf_adasplash::attn_fwd", attn_fwd_impl, mutates_args=(),
@@ -209,59 +254,92 @@ def attn_bwd_impl(
     (training alpha alone on a frozen model skips the dk/dv kernel)."""
     q, k, v = _last_dim_contiguous(q, k, v)
     do = _like(do, o)
-    (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
-    t = tiles(D)
-    NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
-    varlen = cu_seqlens_q is not None
-    dq = torch.empty_like(q)
-    dk, dv = (torch.empty_like(k), torch.empty_like(v)) if need_dkv else (k.new_empty(0), v.new_empty(0))
-    dalpha = alpha.new_zeros(alpha.shape) if need_dalpha else alpha.new_empty(0)
-    if q.numel() == 0 or NMB == 0:
+    t = tiles(q.shape[-1])
+    table = {"do": do, "q": q, "k": k, "v": v, "o": o, "o2": o2, "alpha": alpha, "tau": tau, "ent": ent, "o3": o3,
+             "tile_gap": tile_gap, "tile_thr": tile_thr, "tile_idx": tile_idx, "tile_cnt": tile_cnt,
+             "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k, "q_pos": q_pos, "k_pos": k_pos,
+             "kpm": key_padding_mask}
+    opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha, need_dkv)
+    # o2, o3, ent and the tile tensors follow from these (the forward made them); their pointers are per call
+    sig = (q, k, v, o, alpha, tau, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask)
+    key = (t, opts, do.dtype, *map(tensor_sig, sig), adasplash_bwd_kernel_dq, adasplash_bwd_kernel_dalpha_per_entry,
+           adasplash_bwd_kernel_dkv)
+    plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, table, *opts))
+    plan.run(plan.allocate(table), launch)
+    dq, dk, dv, dalpha = table["dq"], table["dk"], table["dv"], table["dalpha"]
+    if not plan.steps:
         dk.zero_()
         dv.zero_()
-        return dq, dk, dv, dalpha
+    elif need_dalpha:
+        # per-row buffer then one reduction per head: deterministic, no atomics
+        rows = table["dalpha_row"]
+        dalpha = (rows.sum(dim=(0, 2)) if cu_seqlens_q is None else rows.sum(dim=1)).to(alpha.dtype)
+    return dq, dk, dv, dalpha
+
+
+def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha, need_dkv) -> Plan:
+    q, k, tau, cu_seqlens_q = table["q"], table["k"], table["tau"], table["cu_seqlens_q"]
+    (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
+    varlen = cu_seqlens_q is not None
+
+    def like(name):
+        return lambda b: torch.empty_like(b[name])
+
+    def none(name):
+        return lambda b: b[name].new_empty(0)
+
+    plan = Plan([
+        ("dq", like("q")),
+        ("dk", like("k") if need_dkv else none("k")),
+        ("dv", like("v") if need_dkv else none("v")),
+        ("dalpha", (lambda b: b["alpha"].new_zeros(b["alpha"].shape)) if need_dalpha else none("alpha")),
+    ], cuda=q.is_cuda)
+    if q.numel() == 0 or NMB == 0:
+        return plan
     rows = tau[0]  # tau = (row max, tau - row max)
-    delta = torch.empty_like(rows)
-    dalpha_row = torch.empty_like(rows) if need_dalpha else rows.new_empty(0)
-    qp, kp, m, s_qp, s_kp, s_m = _aux(q, q_pos, k_pos, key_padding_mask)
-    cu_q = cu_seqlens_q if varlen else qp
-    cu_k = cu_seqlens_k if varlen else qp
-    r_b, r_h = _row_strides(rows, varlen)
-    flags = _flags(is_causal, window, softcap, q_pos, key_padding_mask, cu_seqlens_q, q)
+    plan.allocs += [
+        ("delta", lambda b: torch.empty_like(b["tau"][0])),
+        ("dalpha_row", (lambda b: torch.empty_like(b["tau"][0])) if need_dalpha else (lambda b: b["tau"].new_empty(0))),
+        ("dummy", _dummy),
+    ]
+    aux_names, aux_strides = _aux(table["q_pos"], table["k_pos"], table["kpm"], varlen)
+    r_b, r_h = _row_strides(rows.stride(), varlen)
+    flags = _flags(is_causal, window, softcap, table["q_pos"], table["kpm"], cu_seqlens_q, q)
     common = dict(
-        q=q, k=k, v=v, alpha=alpha, tau=tau, delta=delta,
-        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, q_pos=qp, k_pos=kp, kpm=m,
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
-        **_io_strides(strides, q=q, k=k, v=v, o=o),
-        stride_rs=tau.stride(0), stride_rb=r_b, stride_rh=r_h, stride_pqb=s_qp, stride_pkb=s_kp, stride_mb=s_m,
+        **_io_strides(strides, q=q, k=k, v=table["v"], o=table["o"]),
+        stride_rs=tau.stride(0), stride_rb=r_b, stride_rh=r_h, **aux_strides,
         H=Hq, G=Hq // Hkv, D=D, BD=t.BD, BM=t.BM, BN=t.BN, num_warps=t.bwd_warps, num_stages=t.bwd_stages,
         **flags,
     )
+    common_tensors = {"q": "q", "k": "k", "v": "v", "alpha": "alpha", "tau": "tau", "delta": "delta", **aux_names}
     # dq first: it also writes delta, which the dk/dv kernel reads.
     NMQ = triton.cdiv(NQ, t.BMQ)
     heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NMQ * B * Hq, q.device)
-    launch(adasplash_bwd_kernel_dq, (B * Hq, NMQ) if heavy else (NMQ, B * Hq),
-        o=o, o2=o2, o3=o3, do=do, dq=dq, ent=ent, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt,
+    plan.steps.append(Step(adasplash_bwd_kernel_dq, (B * Hq, NMQ) if heavy else (NMQ, B * Hq), dict(
         BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, HEAVY_FIRST=heavy, **common,
-    )
+    ), {"o": "o", "o2": "o2", "o3": "o3", "do": "do", "dq": "dq", "ent": "ent", "dalpha_row": "dalpha_row",
+        "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
     if need_dalpha:
         # heads with alpha < 1.2 redo their rows per entry, without the row-sum form's cancellation (others
         # return at once)
-        launch(adasplash_bwd_kernel_dalpha_per_entry, (NMQ, B * Hq),
-            do=do, dalpha_row=dalpha_row, tile_idx=tile_idx, tile_cnt=tile_cnt, BNS=t.BNS, BMQ=t.BMQ, **common,
-        )
-        # per-row buffer then one reduction per head: deterministic, no atomics
-        dalpha = (dalpha_row.sum(dim=(0, 2)) if not varlen else dalpha_row.sum(dim=1)).to(alpha.dtype)
+        plan.steps.append(Step(adasplash_bwd_kernel_dalpha_per_entry, (NMQ, B * Hq), dict(
+            BNS=t.BNS, BMQ=t.BMQ, **common,
+        ), {"do": "do", "dalpha_row": "dalpha_row", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt",
+            **common_tensors}))
     if NKB == 0 or not need_dkv:
-        return dq, dk, dv, dalpha
+        return plan
+    plan.allocs.append(("q_list", lambda b: torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32,
+                                                        device=b["q"].device)))
+    example = plan.allocate(dict(table))  # for dk's and dv's strides
     heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NKB * B * Hkv, q.device)
-    launch(adasplash_bwd_kernel_dkv, (B * Hkv, NKB) if heavy else (NKB, B * Hkv),
-        do=do, dk=dk, dv=dv, tile_gap=tile_gap, tile_thr=tile_thr, CH=LIST_CHUNK, HEAVY_FIRST=heavy,
-        q_list=torch.empty((B * Hkv, NKB, NMB), dtype=torch.int32, device=q.device),
-        **_io_strides(strides, dk=dk, dv=dv),
+    plan.steps.append(Step(adasplash_bwd_kernel_dkv, (B * Hkv, NKB) if heavy else (NKB, B * Hkv), dict(
+        CH=LIST_CHUNK, HEAVY_FIRST=heavy, **_io_strides(strides, dk=example["dk"], dv=example["dv"]),
         **{**common, **dkv_launch_args(t, Hq // Hkv)},
-    )
-    return dq, dk, dv, dalpha
+    ), {"do": "do", "dk": "dk", "dv": "dv", "tile_gap": "tile_gap", "tile_thr": "tile_thr", "q_list": "q_list",
+        **common_tensors}))
+    return plan
 
 
 attn_bwd = torch.library.custom_op("hf_adasplash::attn_bwd", attn_bwd_impl, mutates_args=(),

@@ -114,6 +114,23 @@ class CachedLauncher:
         exec(compile(src, f"<launch key of {getattr(self.jit, '__name__', 'kernel')}>", "exec"), env)  # noqa: S102
         return env["fast"]
 
+    def bind(self, grid, kwargs, tensors: dict[str, str]) -> Bound | None:
+        """The compiled kernel these ``kwargs`` launch, as a :class:`Bound` that takes new tensors for the keyword
+        arguments named in ``tensors`` (argument -> name in the caller's tensor table); None if not compiled yet."""
+        key, values = self.key_and_values(kwargs)
+        kernel = self.compiled.get(key)
+        if kernel is None:
+            return None
+        position = {n: i for i, n in enumerate(self.names)}
+        align = {i: a for i, _spec, a in self.runtime}
+        values, slots = list(values), []
+        for arg, name in tensors.items():
+            i = position[arg]
+            # the key holds each tensor's 16-byte alignment where Triton specialises on it: a call must match
+            slots.append((i, name, values[i].data_ptr() % 16 == 0 if align.get(i) else None))
+            values[i] = None  # no reference to this call's tensors
+        return Bound(kernel[tuple(grid) + (1,) * (3 - len(grid))], values, tuple(slots))
+
     def __call__(self, grid, **kwargs):
         key, values = self.key_and_values(kwargs)
         kernel = self.compiled.get(key)
@@ -123,12 +140,45 @@ class CachedLauncher:
         kernel[tuple(grid) + (1,) * (3 - len(grid))](*values)
 
 
+class Bound:
+    """One call site's compiled kernel with its argument values: a call fills in its tensors and launches."""
+
+    __slots__ = ("runner", "values", "slots")
+
+    def __init__(self, runner, values: list, slots: tuple):
+        self.runner, self.values, self.slots = runner, values, slots
+
+    def __call__(self, tensors: dict) -> bool:
+        """Launches with ``tensors`` (by name); False, launching nothing, where an alignment differs from the
+        key's (that launch then takes :func:`launch`)."""
+        values = self.values.copy()
+        for i, name, aligned in self.slots:
+            t = tensors[name]
+            if aligned is not None and (t.data_ptr() % 16 == 0) != aligned:
+                return False
+            values[i] = t
+        self.runner(*values)
+        return True
+
+
 _launchers: dict = {}
+
+
+def cached_launch_enabled() -> bool:
+    return os.environ.get(ENV) != "0"
+
+
+def bind(jit_fn, grid, kwargs: dict, tensors: dict[str, str]) -> Bound | None:
+    """:meth:`CachedLauncher.bind` for a kernel :func:`launch` has launched on CUDA (None where it took the JIT)."""
+    launcher = _launchers.get(jit_fn)
+    if launcher is None or not launcher.usable or not cached_launch_enabled():
+        return None
+    return launcher.bind(grid, kwargs, tensors)
 
 
 def launch(jit_fn, grid, **kwargs) -> None:
     """``jit_fn[grid](**kwargs)``, through :class:`CachedLauncher` on CUDA unless ``HF_ADASPLASH_CACHED_LAUNCH=0``."""
-    if os.environ.get(ENV) == "0" or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
+    if not cached_launch_enabled() or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
         jit_fn[grid](**kwargs)
         return
     launcher = _launchers.get(jit_fn)

@@ -139,9 +139,10 @@ def test_near_alpha_1(D, dtype):
 
 
 def test_cached_launch_matches_the_jit(monkeypatch):
-    # the cached launch (ops/launch.py, the default) calls each compiled kernel's launcher itself: results must be
-    # bit-identical to the JIT's launches, for two layouts (contiguous and HF's transposed q/k/v) and the decode path
-    from hf_adasplash.ops import launch
+    # the cached launch (ops/launch.py, the default) calls each compiled kernel's launcher itself, and the ops'
+    # launch plans (ops/plans.py) replay bound kernels: results must be bit-identical to the JIT's launches, for two
+    # layouts (contiguous and HF's transposed q/k/v) and the decode path
+    from hf_adasplash.ops import attention_ops, launch
 
     torch.manual_seed(0)
     B, H, Hkv, N, D = 2, 6, 2, 1000, 64
@@ -163,8 +164,10 @@ def test_cached_launch_matches_the_jit(monkeypatch):
     monkeypatch.setenv(launch.ENV, "0")
     want = run()
     monkeypatch.delenv(launch.ENV, raising=False)
-    first, second = run(), run()  # the first call per key takes the JIT, the second the cached kernels
+    first, second = run(), run()  # the first call per key takes the JIT, the second the plans' bound kernels
     assert any(len(c.compiled) for c in launch._launchers.values())
+    for cache in (attention_ops._FWD_PLANS, attention_ops._BWD_PLANS):
+        assert any(s.bound for p in cache.plans.values() for s in p.steps)
     for got in (first, second):
         for a, b in zip(got, want):
             assert torch.equal(a, b)
