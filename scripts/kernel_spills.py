@@ -32,6 +32,7 @@ from hf_adasplash.ops.tiling import (
     LIST_CHUNK,
     MAX_TAU_ITERS,
     dkv_launch_args,
+    dq_launch_args,
     scan_launch_args,
     solve_launch_args,
     solve_settings,
@@ -124,14 +125,14 @@ def cases(D: int, t, fp32: bool = False):
            _opts(t.fwd_ent_warps or t.fwd_warps, min(t.fwd_ent_stages or t.fwd_stages, cap)))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd, HEAVY_FIRST=t.bwd_heavy_first)
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
-    yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), bwd_opts
-    yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), bwd_opts
+    yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), dq_launch_args(t)
+    yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), dq_launch_args(t)
     yield "dalpha per entry", adasplash_bwd_kernel_dalpha_per_entry, dict(base, BNS=t.BNS, BMQ=t.BMQ), bwd_opts
     for group in (1, 4) if t.gqa_dkv[0] else (1,):
         dkv = dkv_launch_args(t, group)
         yield ("dk/dv" + (" GQA" if group > 1 else ""), adasplash_bwd_kernel_dkv,
                dict(base, G=group, CH=LIST_CHUNK, BMS=dkv["BMS"], HEAVY_FIRST=t.bwd_heavy_first),
-               _opts(dkv["num_warps"], dkv["num_stages"]))
+               {k: v for k, v in dkv.items() if k != "BMS"})
 
 
 def main(argv=None) -> int:

@@ -273,3 +273,24 @@ def test_snap_alpha_moves_learned_heads_to_the_multiplication_grid():
     # bounds that hold no grid alpha are an error, not a silent no-op
     with pytest.raises(ValueError, match=r"no snap alpha .* lies in \(1.55, 1.9\]"):
         snap_alpha(torch.nn.ModuleDict({"a": AlphaParameter(2, init=1.7, min_alpha=1.55, max_alpha=1.9)}))
+
+
+def test_a_frozen_alpha_carries_its_float64_copy_for_the_kernels():
+    # the kernels take alpha in float64; a frozen AlphaParameter converts once per change instead of every call
+    from hf_adasplash.ops.attention import _kernel_alpha
+
+    m = AlphaParameter(4, init=4 / 3)
+    m.logit.requires_grad_(False)
+    a = m()
+    k64 = _kernel_alpha(a, 4, a.device)
+    assert k64.dtype == torch.float64 and torch.equal(k64, a.double())
+    assert _kernel_alpha(m(), 4, a.device) is k64  # reused while the logit is unchanged
+    with torch.no_grad():
+        a.add_(0.25)  # an in-place change of the value itself: the copy no longer matches
+    assert torch.equal(_kernel_alpha(a, 4, a.device), a.double())
+    with torch.no_grad():
+        m.logit.add_(1.0)  # a new logit: a new value and a new copy
+    fresh = m()
+    assert torch.equal(_kernel_alpha(fresh, 4, a.device), fresh.double()) and not torch.equal(fresh, a)
+    learned = AlphaParameter(4, init=1.5)()
+    assert not hasattr(learned, "_kernel_alpha")  # a learning alpha converts in the graph, every call

@@ -65,8 +65,7 @@ class AdaSplashAttentionFunction(torch.autograd.Function):
 
 def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal, scale, window, softcap,
          alpha_grid=False):
-    # float64: the kernels take alpha - 1 from it, which fp32 alpha would round (1.0001 - 1 off by 2e-3)
-    a = alpha_per_head(alpha, q.shape[-3] if cu_q is None else q.shape[1], torch.float64, q.device).contiguous()
+    a = _kernel_alpha(alpha, q.shape[-3] if cu_q is None else q.shape[1], q.device)
     window = -1 if window is None else int(window)
     softcap = 0.0 if softcap is None else float(softcap)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, a))
@@ -82,6 +81,15 @@ def _run(q, k, v, alpha, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
         )[0]
     return AdaSplashAttentionFunction.apply(q, k, v, a, cu_q, cu_k, q_pos, k_pos, kpm, max_q, max_k, is_causal,
                                             scale, window, softcap, square, grid)
+
+
+def _kernel_alpha(alpha, Hq: int, device) -> torch.Tensor:
+    """alpha as the kernels take it: float64 ``[Hq]`` (they take alpha - 1 from it, which fp32 would round: 1.0001 - 1
+    off by 2e-3). A frozen ``AlphaParameter``'s output carries it, made once per change of the logit."""
+    kept = getattr(alpha, "_kernel_alpha", None)
+    if kept is not None and kept[0] == alpha._version and kept[1].shape == (Hq,) and kept[1].device == device:
+        return kept[1]
+    return alpha_per_head(alpha, Hq, torch.float64, device).contiguous()
 
 
 def _positions(idx):

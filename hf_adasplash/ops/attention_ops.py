@@ -26,6 +26,7 @@ from hf_adasplash.ops.tiling import (
     MAX_TAU_ITERS,
     bwd_heavy_first,
     dkv_launch_args,
+    dq_launch_args,
     fold_args,
     scan_launch_args,
     solve_launch_args,
@@ -91,8 +92,13 @@ def _batch_stride(t):
     return t.stride(0) if t is not None and t.dim() == 2 else 0
 
 
-def _dummy(table):
-    return table["q"].new_empty(0, dtype=torch.int32)
+def _contiguous_qkv(table):
+    """``table`` with q, k, v made last-dim contiguous (``_last_dim_contiguous``), and under "copies" whether any was
+    copied: that follows from their strides, so a plan knows it."""
+    q, k, v = _last_dim_contiguous(table["q"], table["k"], table["v"])
+    table["copies"] = q is not table["q"] or k is not table["k"] or v is not table["v"]
+    table["q"], table["k"], table["v"] = q, k, v
+    return table
 
 
 def _contiguous_strides(shape):
@@ -127,7 +133,6 @@ def attn_fwd_impl(
     empty unless a backward follows (ent and o3: unless alpha needs a gradient). ``alpha_square`` / ``alpha_grid``:
     every head's alpha is known on the host to be 1.5 or 2 / on the multiplication grid, so the tau kernel may take
     the settings those heads prefer (``tiling.solve_settings``)."""
-    q, k, v = _last_dim_contiguous(q, k, v)
     t = solve_settings(tiles(q.shape[-1]), alpha_square, alpha_grid)
     table = {"q": q, "k": k, "v": v, "alpha": alpha, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
              "q_pos": q_pos, "k_pos": k_pos, "kpm": key_padding_mask}
@@ -135,7 +140,9 @@ def attn_fwd_impl(
     # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
     key = (t, opts, *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel,
            adasplash_fwd_kernel)
-    plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, table, *opts))
+    plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, _contiguous_qkv(table), *opts))
+    if plan.copies:
+        _contiguous_qkv(table)
     plan.run(plan.allocate(table), launch)
     return tuple(table[name] for name in FWD_OUTS)
 
@@ -145,6 +152,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
     varlen = cu_seqlens_q is not None
+    dummy = q.new_empty(0, dtype=torch.int32)  # the pointer of absent optional inputs, never read (no storage)
     rows_shape = _row_shape(q, cu_seqlens_q)
     solve = t.scan and t.solve
     # the tau kernel hands the list's threshold and length to the main kernel, also at inference
@@ -172,8 +180,8 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         ("tile_idx", new((B * Hq, NMB, NKB), i32)),
         ("tile_cnt", new((B * Hq, NMB) if keep_list else (0,), i32)),
         ("tau", (lambda b: b["scratch"]) if need_bwd else new((0,))),
-        ("dummy", _dummy),
-    ], cuda=q.is_cuda)
+        ("dummy", lambda b: dummy),
+    ], cuda=q.is_cuda, copies=table.pop("copies"))
     if q.numel() == 0 or NMB == 0:
         return plan
     o = plan.allocate(dict(table))["o"]  # an example, for its strides
@@ -252,7 +260,6 @@ def attn_bwd_impl(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, dalpha [Hq] fp32); dalpha empty unless need_dalpha, dk/dv empty unless need_dkv
     (training alpha alone on a frozen model skips the dk/dv kernel)."""
-    q, k, v = _last_dim_contiguous(q, k, v)
     do = _like(do, o)
     t = tiles(q.shape[-1])
     table = {"do": do, "q": q, "k": k, "v": v, "o": o, "o2": o2, "alpha": alpha, "tau": tau, "ent": ent, "o3": o3,
@@ -264,12 +271,15 @@ def attn_bwd_impl(
     sig = (q, k, v, o, alpha, tau, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask)
     key = (t, opts, do.dtype, *map(tensor_sig, sig), adasplash_bwd_kernel_dq, adasplash_bwd_kernel_dalpha_per_entry,
            adasplash_bwd_kernel_dkv)
-    plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, table, *opts))
+    plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, _contiguous_qkv(table), *opts))
+    if plan.copies:
+        _contiguous_qkv(table)
     plan.run(plan.allocate(table), launch)
     dq, dk, dv, dalpha = table["dq"], table["dk"], table["dv"], table["dalpha"]
     if not plan.steps:
         dk.zero_()
         dv.zero_()
+        dalpha = alpha.new_zeros(alpha.shape) if need_dalpha else dalpha
     elif need_dalpha:
         # per-row buffer then one reduction per head: deterministic, no atomics
         rows = table["dalpha_row"]
@@ -293,15 +303,16 @@ def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         ("dq", like("q")),
         ("dk", like("k") if need_dkv else none("k")),
         ("dv", like("v") if need_dkv else none("v")),
-        ("dalpha", (lambda b: b["alpha"].new_zeros(b["alpha"].shape)) if need_dalpha else none("alpha")),
-    ], cuda=q.is_cuda)
+        ("dalpha", none("alpha")),  # the per-row sums' reduction, after the launches
+    ], cuda=q.is_cuda, copies=table.pop("copies"))
     if q.numel() == 0 or NMB == 0:
         return plan
     rows = tau[0]  # tau = (row max, tau - row max)
+    dummy = q.new_empty(0, dtype=torch.int32)  # the pointer of absent optional inputs, never read (no storage)
     plan.allocs += [
         ("delta", lambda b: torch.empty_like(b["tau"][0])),
         ("dalpha_row", (lambda b: torch.empty_like(b["tau"][0])) if need_dalpha else (lambda b: b["tau"].new_empty(0))),
-        ("dummy", _dummy),
+        ("dummy", lambda b: dummy),
     ]
     aux_names, aux_strides = _aux(table["q_pos"], table["k_pos"], table["kpm"], varlen)
     r_b, r_h = _row_strides(rows.stride(), varlen)
@@ -318,7 +329,8 @@ def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     NMQ = triton.cdiv(NQ, t.BMQ)
     heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NMQ * B * Hq, q.device)
     plan.steps.append(Step(adasplash_bwd_kernel_dq, (B * Hq, NMQ) if heavy else (NMQ, B * Hq), dict(
-        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, HEAVY_FIRST=heavy, **common,
+        BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, HEAVY_FIRST=heavy,
+        **{**common, **dq_launch_args(t)},
     ), {"o": "o", "o2": "o2", "o3": "o3", "do": "do", "dq": "dq", "ent": "ent", "dalpha_row": "dalpha_row",
         "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
     if need_dalpha:

@@ -44,6 +44,7 @@ class Plan:
     allocs: list[tuple[str, Callable[[dict], torch.Tensor]]]
     steps: list[Step] = field(default_factory=list)
     cuda: bool = False
+    copies: bool = False  # some input needs a copy before the launches (the op makes it; a plan only records it)
 
     def allocate(self, table: dict) -> dict:
         for name, make in self.allocs:

@@ -29,6 +29,8 @@ class Tiles:
     BMQ: int  # rows per dq program (a slice of a forward block)
     dkv_warps: int = 0  # 0: same as bwd_warps (which the dq kernel uses)
     dkv_stages: int = 0  # 0: same as bwd_stages
+    dq_maxnreg: int = 0  # register caps of the dq and dk/dv kernels (0: the compiler's choice)
+    dkv_maxnreg: int = 0
     # (BMS, dkv stages) when the dk/dv kernel loops over several query heads per KV head (GQA); 0s: as above
     gqa_dkv: tuple[int, int] = (0, 0)
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
@@ -67,6 +69,14 @@ class Tiles:
     # loop's last point (bench/NOTES.md v16); 0 keeps the loose one, to time what the strict one costs
     strict_tol_learning: bool = True
 
+    def __hash__(self) -> int:
+        # cached: the ops' plan keys hash the settings on every call (~40 fields)
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 @functools.cache  # Tiles is frozen; building it per call cost ~25 us of host time
 def tiles(head_dim: int) -> Tiles:
@@ -91,10 +101,12 @@ def tiles(head_dim: int) -> Tiles:
     # 0.72 -> 0.60 ms; without GQA the same settings cost 6% (1.84 -> 1.96 ms), so only GQA takes them.
     # v12 (NOTES): the scan's split loops took 165 registers at D = 64 (3 programs per SM); capped at 128 (4 per SM,
     # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
+    # v17 (NOTES): dq capped at 128 registers at D = 64 (4 programs per SM, was 3 at 167): -3 to -8% on dense, local
+    # and learned-alpha shapes, bit-identical; the same cap on dk/dv (229 registers) made it 1.2-3x slower.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(64, 1))
+                     gqa_dkv=(64, 1), dq_maxnreg=128)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
@@ -174,7 +186,12 @@ def bwd_heavy_first(t: Tiles, causal: bool, programs: int, device) -> bool:
 def dkv_launch_args(t: Tiles, group: int) -> dict[str, int]:
     """The dk/dv kernel's row slice and launch options for ``group`` query heads per KV head."""
     bms, stages = t.gqa_dkv if group > 1 and t.gqa_dkv[0] else (t.BMS, t.dkv_stages or t.bwd_stages)
-    return {"BMS": bms, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": stages}
+    return {"BMS": bms, **_launch_args(t.dkv_warps or t.bwd_warps, stages, t.dkv_maxnreg)}
+
+
+def dq_launch_args(t: Tiles) -> dict[str, int]:
+    """The dq kernel's launch options (the d(alpha) kernel shares them but the register cap)."""
+    return _launch_args(t.bwd_warps, t.bwd_stages, t.dq_maxnreg)
 
 
 def _launch_args(warps: int, stages: int, maxnreg: int) -> dict[str, int]:
