@@ -575,3 +575,36 @@ def test_folded_step_tightens_the_backward_tile_list(monkeypatch, pos):
         for i in range(4):
             listed = set(idx[h, i, : cnt[h, i]].tolist())
             assert set(support[h, i].nonzero().flatten().tolist()) <= listed, (h, i)
+
+
+def test_launch_plans_follow_the_settings_and_hooks_in_force(monkeypatch):
+    # each op caches its launches per input signature (ops/plans.py): settings that scripts and tests swap in (the
+    # tiles, fold_args) must give new plans, never a replay of a stale one; the same inputs again reuse theirs
+    from hf_adasplash.ops import tiling
+
+    seen, real = [], attention_ops.launch
+
+    def spy(fn, grid, **kw):
+        if fn is attention_ops.adasplash_fwd_kernel:
+            seen.append((kw["O3_FWD"], kw["fold_lo"]))
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(attention_ops, "launch", spy)
+    q, k, v = (torch.randn(1, 2, 40, 32) for _ in range(3))
+    a = torch.tensor([1.5, 1.25], dtype=torch.float64)
+    base = tiling.tiles(32)
+    flipped = dataclasses.replace(base, o3_fwd=not base.o3_fwd)
+
+    def fwd():
+        return attention_ops.attn_fwd_impl(q, k, v, a, None, None, None, None, None, 40, 40, True, 32**-0.5, -1,
+                                           0.0, True, True)[0]
+
+    outs = []
+    for variant in (base, flipped, base):
+        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
+        outs.append(fwd())
+    monkeypatch.setattr(attention_ops, "fold_args", lambda t: {"fold_lo": 1.0, "fold_hi": 1.0})
+    outs.append(fwd())
+    lo = tiling.fold_args(base)["fold_lo"]
+    assert seen == [(base.o3_fwd, lo), (not base.o3_fwd, lo), (base.o3_fwd, lo), (base.o3_fwd, 1.0)]
+    assert torch.equal(outs[0], outs[2])  # the same plan replayed: the same launches

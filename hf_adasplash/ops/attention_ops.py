@@ -92,6 +92,11 @@ def _batch_stride(t):
     return t.stride(0) if t is not None and t.dim() == 2 else 0
 
 
+def _current_device(q):
+    """A plan's bound kernels are loaded on the device current when it bound them (as the launch keys have it)."""
+    return torch.cuda.current_device() if q.is_cuda else None
+
+
 def _contiguous_qkv(table):
     """``table`` with q, k, v made last-dim contiguous (``_last_dim_contiguous``), and under "copies" whether any was
     copied: that follows from their strides, so a plan knows it."""
@@ -138,8 +143,8 @@ def attn_fwd_impl(
              "q_pos": q_pos, "k_pos": k_pos, "kpm": key_padding_mask}
     opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent)
     # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
-    key = (t, opts, *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel,
-           adasplash_fwd_kernel)
+    key = (t, opts, _current_device(q), *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel,
+           adasplash_fwd_tau_kernel, adasplash_fwd_kernel)
     plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, _contiguous_qkv(table), *opts))
     if plan.copies:
         _contiguous_qkv(table)
@@ -269,8 +274,8 @@ def attn_bwd_impl(
     opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha, need_dkv)
     # o2, o3, ent and the tile tensors follow from these (the forward made them); their pointers are per call
     sig = (q, k, v, o, alpha, tau, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask)
-    key = (t, opts, do.dtype, *map(tensor_sig, sig), adasplash_bwd_kernel_dq, adasplash_bwd_kernel_dalpha_per_entry,
-           adasplash_bwd_kernel_dkv)
+    key = (t, opts, _current_device(q), do.dtype, *map(tensor_sig, sig), adasplash_bwd_kernel_dq,
+           adasplash_bwd_kernel_dalpha_per_entry, adasplash_bwd_kernel_dkv)
     plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, _contiguous_qkv(table), *opts))
     if plan.copies:
         _contiguous_qkv(table)
