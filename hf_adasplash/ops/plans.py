@@ -3,9 +3,10 @@
 Everything a launch takes besides its tensors (sizes, strides, flags, launch settings, grids) follows from the
 inputs' shapes, strides and dtypes and the op's options. A plan holds that per signature. A call allocates its
 buffers and launches. On CUDA each launch after the plan's first is bound to its compiled kernel
-(``launch.bind``), which skips rebuilding ~60 keyword arguments and the launch key: a SmolLM2 layer's forward and
-backward spent ~1.1 ms of host time against SDPA's ~0.23 ms (bench/NOTES.md v17). Replays launch the same compiled
-kernels with the same values as :func:`~hf_adasplash.ops.launch.launch` would.
+(``launch.bind``), which skips rebuilding ~60 keyword arguments and the launch key. A SmolLM2 layer's forward and
+backward took 1.4-1.7 ms of host time before, ~0.7 ms with plans, against SDPA's ~0.27 ms (H100 hosts,
+bench/NOTES.md v17). Replays launch the same compiled kernels with the same values as
+:func:`~hf_adasplash.ops.launch.launch` would.
 """
 
 from __future__ import annotations
