@@ -97,21 +97,13 @@ def _current_device(q):
     return torch.cuda.current_device() if q.is_cuda else None
 
 
-def _contiguous_qkv(table):
-    """``table`` with q, k, v made last-dim contiguous (``_last_dim_contiguous``), and under "copies" whether any was
-    copied: that follows from their strides, so a plan knows it."""
+def _contiguous_qkv(table) -> bool:
+    """Makes ``table``'s q, k, v last-dim contiguous (``_last_dim_contiguous``); whether any was copied follows from
+    their strides, so a plan records it."""
     q, k, v = _last_dim_contiguous(table["q"], table["k"], table["v"])
-    table["copies"] = q is not table["q"] or k is not table["k"] or v is not table["v"]
+    copied = q is not table["q"] or k is not table["k"] or v is not table["v"]
     table["q"], table["k"], table["v"] = q, k, v
-    return table
-
-
-def _contiguous_strides(shape):
-    strides, n = [], 1
-    for size in reversed(shape):
-        strides.append(n)
-        n *= size
-    return tuple(reversed(strides))
+    return copied
 
 
 def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
@@ -145,7 +137,7 @@ def attn_fwd_impl(
     # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
     key = (t, opts, _current_device(q), *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel,
            adasplash_fwd_tau_kernel, adasplash_fwd_kernel)
-    plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, _contiguous_qkv(table), *opts))
+    plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, table, *opts))
     if plan.copies:
         _contiguous_qkv(table)
     plan.run(plan.allocate(table), launch)
@@ -153,6 +145,7 @@ def attn_fwd_impl(
 
 
 def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent) -> Plan:
+    copies = _contiguous_qkv(table)
     q, k, cu_seqlens_q = table["q"], table["k"], table["cu_seqlens_q"]
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
@@ -186,12 +179,12 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         ("tile_cnt", new((B * Hq, NMB) if keep_list else (0,), i32)),
         ("tau", (lambda b: b["scratch"]) if need_bwd else new((0,))),
         ("dummy", lambda b: dummy),
-    ], cuda=q.is_cuda, copies=table.pop("copies"))
+    ], cuda=q.is_cuda, copies=copies)
     if q.numel() == 0 or NMB == 0:
         return plan
     o = plan.allocate(dict(table))["o"]  # an example, for its strides
     aux_names, aux_strides = _aux(table["q_pos"], table["k_pos"], table["kpm"], varlen)
-    r_b, r_h = _row_strides(_contiguous_strides(rows_shape), varlen)
+    r_b, r_h = _row_strides(torch.empty(rows_shape, device="meta").stride(), varlen)
     common = dict(
         scale=scale, softcap=softcap, NQ=NQ, NK=NK, W=window, NMB=NMB, NKB=NKB,
         stride_rs=math.prod(rows_shape), stride_rb=r_b, stride_rh=r_h, **aux_strides,
@@ -276,16 +269,19 @@ def attn_bwd_impl(
     sig = (q, k, v, o, alpha, tau, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, key_padding_mask)
     key = (t, opts, _current_device(q), do.dtype, *map(tensor_sig, sig), adasplash_bwd_kernel_dq,
            adasplash_bwd_kernel_dalpha_per_entry, adasplash_bwd_kernel_dkv)
-    plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, _contiguous_qkv(table), *opts))
+    plan = _BWD_PLANS.get(key, lambda: _bwd_plan(t, table, *opts))
     if plan.copies:
         _contiguous_qkv(table)
     plan.run(plan.allocate(table), launch)
-    dq, dk, dv, dalpha = table["dq"], table["dk"], table["dv"], table["dalpha"]
+    dq, dk, dv = table["dq"], table["dk"], table["dv"]
     if not plan.steps:
         dk.zero_()
         dv.zero_()
-        dalpha = alpha.new_zeros(alpha.shape) if need_dalpha else dalpha
-    elif need_dalpha:
+    if not need_dalpha:
+        dalpha = alpha.new_empty(0)
+    elif not plan.steps:
+        dalpha = alpha.new_zeros(alpha.shape)
+    else:
         # per-row buffer then one reduction per head: deterministic, no atomics
         rows = table["dalpha_row"]
         dalpha = (rows.sum(dim=(0, 2)) if cu_seqlens_q is None else rows.sum(dim=1)).to(alpha.dtype)
@@ -293,6 +289,7 @@ def attn_bwd_impl(
 
 
 def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_dalpha, need_dkv) -> Plan:
+    copies = _contiguous_qkv(table)
     q, k, tau, cu_seqlens_q = table["q"], table["k"], table["tau"], table["cu_seqlens_q"]
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     NMB, NKB = triton.cdiv(NQ, t.BM), triton.cdiv(NK, t.BN)
@@ -308,8 +305,7 @@ def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         ("dq", like("q")),
         ("dk", like("k") if need_dkv else none("k")),
         ("dv", like("v") if need_dkv else none("v")),
-        ("dalpha", none("alpha")),  # the per-row sums' reduction, after the launches
-    ], cuda=q.is_cuda, copies=table.pop("copies"))
+    ], cuda=q.is_cuda, copies=copies)
     if q.numel() == 0 or NMB == 0:
         return plan
     rows = tau[0]  # tau = (row max, tau - row max)
