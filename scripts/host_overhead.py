@@ -6,7 +6,7 @@ more than the GPU to issue a layer's work, the GPU idles. This measures the host
 with the GPU never the bottleneck), and with ``--launches`` how one Triton launch of each of our kernels splits
 between the JIT's argument binding and the compiled kernel's own launcher.
 
-    python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch] [--cprofile]
+    python scripts/host_overhead.py --out host.json [--launches] [--op-dispatch] [--cprofile] [--torch-profiler]
     HF_ADASPLASH_CACHED_LAUNCH=0 python scripts/host_overhead.py --out host_jit.json   # every launch through the JIT
 """
 
@@ -111,6 +111,22 @@ def profile_rows(fn, reps: int, top: int = 15) -> list[str]:
     return [line for line in buf.getvalue().splitlines() if line.strip()][-top - 1:]
 
 
+def torch_profiler_rows(fn, reps: int, top: int = 25) -> list[str]:
+    """torch.profiler's CPU-side view of ``reps`` calls: every aten op and autograd node, on every thread (autograd's
+    device thread included, which cProfile attributes to ``run_backward``), by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=60)
+    return table.splitlines()
+
+
 def launch_split(fn, reps: int) -> list[dict]:
     """Each Triton launch of one ``fn()``: the JIT's launch against the compiled kernel's launcher, same args."""
     from triton.runtime import driver
@@ -154,6 +170,8 @@ def main(argv=None) -> int:
     p.add_argument("--launches", action="store_true", help="split each Triton launch's host time (see above)")
     p.add_argument("--op-dispatch", action="store_true", help="route eager calls through the torch.library ops")
     p.add_argument("--cprofile", action="store_true", help="also cProfile each of our cases (own time per function)")
+    p.add_argument("--torch-profiler", action="store_true",
+                   help="also torch.profiler's CPU view of SDPA's and our frozen-alpha forward+backward")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -172,6 +190,11 @@ def main(argv=None) -> int:
         result["cprofile"] = {name: profile_rows(fn, args.reps) for name, fn in fns.items() if name.startswith("ours")}
         for name, rows in result["cprofile"].items():
             print(f"== {name} ({args.reps} calls)", *rows, sep="\n")
+    if args.torch_profiler:
+        result["torch_profiler"] = {name: torch_profiler_rows(fns[name], min(args.reps, 100))
+                                    for name in ("sdpa_fwd_bwd", "ours_fwd_bwd_frozen_alpha")}
+        for name, rows in result["torch_profiler"].items():
+            print(f"== torch.profiler: {name}", *rows, sep="\n")
     if args.launches:
         result["launches"] = launch_split(fns["ours_fwd_bwd_frozen_alpha"], args.reps)
         for r in result["launches"]:

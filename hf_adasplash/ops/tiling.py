@@ -31,8 +31,9 @@ class Tiles:
     dkv_stages: int = 0  # 0: same as bwd_stages
     dq_maxnreg: int = 0  # register caps of the dq and dk/dv kernels (0: the compiler's choice)
     dkv_maxnreg: int = 0
-    # (BMS, dkv stages) when the dk/dv kernel loops over several query heads per KV head (GQA); 0s: as above
-    gqa_dkv: tuple[int, int] = (0, 0)
+    # (BMS, dkv stages, dkv register cap) when the dk/dv kernel loops over several query heads per KV head (GQA);
+    # 0s: as above
+    gqa_dkv: tuple[int, int, int] = (0, 0, 0)
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
@@ -106,9 +107,9 @@ def tiles(head_dim: int) -> Tiles:
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(64, 1), dq_maxnreg=128)
+                     gqa_dkv=(32, 1, 168), dq_maxnreg=128)
     if BD <= 128:
-        return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 64, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
+        return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 32, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64)
     # D = 256 (Gemma 3): the forward at 8 warps. At 4 its [64, 256] fp32 accumulators (128 registers each per
     # thread) spilled ~1 KB of stack; at 8 nothing spills and the forward ran 2.2x faster (H100, NOTES v11). The
@@ -124,8 +125,11 @@ def with_fields(t: Tiles, items: Iterable[str]) -> Tiles:
 
 
 def _field_value(current, text: str):
-    if isinstance(current, tuple):  # colon-separated, e.g. gqa_dkv=64:1
-        return tuple(type(c)(int(x)) for c, x in zip(current, text.split(":"), strict=True))
+    if isinstance(current, tuple):  # colon-separated, e.g. gqa_dkv=64:1 (fields left out keep their values)
+        parts = text.split(":")
+        if len(parts) > len(current):
+            raise ValueError(f"{text!r}: at most {len(current)} colon-separated values")
+        return tuple(type(c)(int(x)) for c, x in zip(current, parts)) + current[len(parts):]
     return type(current)(int(text))
 
 
@@ -185,8 +189,11 @@ def bwd_heavy_first(t: Tiles, causal: bool, programs: int, device) -> bool:
 
 def dkv_launch_args(t: Tiles, group: int) -> dict[str, int]:
     """The dk/dv kernel's row slice and launch options for ``group`` query heads per KV head."""
-    bms, stages = t.gqa_dkv if group > 1 and t.gqa_dkv[0] else (t.BMS, t.dkv_stages or t.bwd_stages)
-    return {"BMS": bms, **_launch_args(t.dkv_warps or t.bwd_warps, stages, t.dkv_maxnreg)}
+    if group > 1 and t.gqa_dkv[0]:
+        bms, stages, maxnreg = t.gqa_dkv
+    else:
+        bms, stages, maxnreg = t.BMS, t.dkv_stages or t.bwd_stages, t.dkv_maxnreg
+    return {"BMS": bms, **_launch_args(t.dkv_warps or t.bwd_warps, stages, maxnreg)}
 
 
 def dq_launch_args(t: Tiles) -> dict[str, int]:
