@@ -322,12 +322,17 @@ def _case_key(r):
 
 
 def _git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except Exception:
-        return None
+    """The checkout's commit: the package's own directory (an editable install), else the working directory's (a
+    package installed into site-packages and run from its checkout)."""
+    for where in (os.path.dirname(os.path.abspath(__file__)), os.getcwd()):
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                    timeout=10).stdout.strip()
+        except Exception:
+            commit = ""
+        if commit:
+            return commit
+    return None
 
 
 def _env(args):
