@@ -42,3 +42,26 @@ def test_bench_tiny_decode_case_writes_schema(tmp_path):
     ratio = case["ratio_vs_sdpa"]["fwd_ms"]["ours"]
     assert ratio == pytest.approx(case["results"]["ours"]["fwd_ms"] / case["results"]["sdpa"]["fwd_ms"], rel=1e-2)
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_bench_records_the_working_directory_commit_when_installed(tmp_path, monkeypatch):
+    # an installed package lives in site-packages, no git checkout: the commit comes from where the bench runs
+    import subprocess
+
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-qm", "c"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    outside = tmp_path / "site-packages" / "hf_adasplash" / "cli"
+    outside.mkdir(parents=True)
+    monkeypatch.setattr(bench, "__file__", str(outside / "bench.py"))
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path / "site-packages"))  # no repo found above it
+    monkeypatch.chdir(tmp_path)
+    assert bench._git_commit() == head
+    monkeypatch.chdir(outside)
+    assert bench._git_commit() is None

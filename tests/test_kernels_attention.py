@@ -608,3 +608,39 @@ def test_launch_plans_follow_the_settings_and_hooks_in_force(monkeypatch):
     lo = tiling.fold_args(base)["fold_lo"]
     assert seen == [(base.o3_fwd, lo), (not base.o3_fwd, lo), (base.o3_fwd, lo), (base.o3_fwd, 1.0)]
     assert torch.equal(outs[0], outs[2])  # the same plan replayed: the same launches
+
+
+def test_gqa_dkv_settings_take_their_slices_and_cap(monkeypatch):
+    # under GQA the dk/dv kernel takes Tiles.gqa_dkv's (rows per slice, stages, register cap); without GQA the
+    # plain settings. The slice height changes only the order of the sums: gradients match the reference either way
+    from hf_adasplash.ops import tiling
+
+    base = tiling.tiles(32)
+    t = tiling.with_fields(base, ["gqa_dkv=32:1:168"])
+    assert tiling.dkv_launch_args(t, 2) == {"BMS": 32, "num_warps": t.dkv_warps or t.bwd_warps, "num_stages": 1,
+                                            "maxnreg": 168}
+    assert "maxnreg" not in tiling.dkv_launch_args(t, 1) and tiling.dkv_launch_args(t, 1)["BMS"] == base.BMS
+    assert tiling.with_fields(t, ["gqa_dkv=16"]).gqa_dkv == (16, 1, 168)  # values left out keep theirs
+    with pytest.raises(ValueError, match="at most 3"):
+        tiling.with_fields(t, ["gqa_dkv=16:1:0:5"])
+
+    seen, real = [], attention_ops.launch
+
+    def spy(fn, grid, **kw):
+        if fn is attention_ops.adasplash_bwd_kernel_dkv:
+            seen.append(kw["BMS"])
+            kw.pop("maxnreg", None)  # a register cap means nothing to the interpreter
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(attention_ops, "launch", spy)
+    monkeypatch.setattr(attention_ops, "tiles", lambda d: tiling.with_fields(tiling.tiles(d), ["gqa_dkv=32:1:168"]))
+    q, k, v = _grad_inputs(1, 4, 2, 70, 70, 32, torch.float32)
+    a = torch.tensor([1.5, 4 / 3, 1.25, 2.0], dtype=torch.float64)
+    out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    assert seen == [32]
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = attention_reference(qd, kd, vd, a, is_causal=True)
+    for x, y in zip(grads, torch.autograd.grad(ref, (qd, kd, vd), g.double())):
+        assert (x.double() - y).abs().max().item() <= 1e-4 * y.abs().max().item()
