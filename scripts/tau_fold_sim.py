@@ -72,9 +72,14 @@ def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
 
 
 def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, scan_start=False, sink=0.0,
-             tile_max_k=0):
+             tile_max_k=0, pos=0.0):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((n, d)) for _ in range(3))
+    if pos:  # the bench's "local" family (cli/bench.py make_inputs): a shared position code makes rows local
+        i = np.arange(n, dtype=np.float64)[:, None]
+        a = i * 64.0 ** (-np.arange(d // 2) / (d // 2))[None, :]
+        code = np.concatenate([np.sin(a), np.cos(a)], 1) / np.sqrt(d // 2) * np.sqrt(d)
+        q, k = q + pos * code, k + pos * code
     am1, p = alpha - 1.0, 1.0 / (alpha - 1.0)
     pm1 = p - 1.0
     s = temp * (q @ k.T) / np.sqrt(d)
@@ -150,19 +155,21 @@ def main():
     ap.add_argument("--scan-start", action="store_true",
                     help="also the start from the scan's sums at the diagonal tile's max - 1 (alpha = 1 + 1/n)")
     ap.add_argument("--sink", type=float, default=0.0, help="score added to key 0 (an attention sink)")
+    ap.add_argument("--pos", type=float, default=0.0, help="local rows: the bench's position code at this weight")
     ap.add_argument("--tile-max-start", type=int, default=0, metavar="K",
                     help="also the start from each row's K largest 64-key tile maxima (a certified bound)")
     args = ap.parse_args()
     for alpha in (float(a) for a in args.alphas.split(",")):
-        res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp, sink=args.sink)
+        res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp, sink=args.sink, pos=args.pos)
         if args.scan_start:
             res |= {f"{key}_scan": val for key, val in simulate(alpha, args.mult, n=args.n, half=not args.fp32,
                                                                 temp=args.temp, scan_start=True,
-                                                                sink=args.sink).items()}
+                                                                sink=args.sink, pos=args.pos).items()}
         if args.tile_max_start:
             res |= {f"{key}_tmax": val for key, val in simulate(alpha, args.mult, n=args.n, half=not args.fp32,
                                                                 temp=args.temp, sink=args.sink,
-                                                                tile_max_k=args.tile_max_start).items()}
+                                                                tile_max_k=args.tile_max_start,
+                                                                pos=args.pos).items()}
         print(f"alpha {alpha:.3f} " + " ".join(f"{k} {v:.3g}" for k, v in res.items()), flush=True)
 
 

@@ -46,6 +46,7 @@ def test_tile_max_start_is_exact_when_each_tile_holds_one_supported_entry():
     np.testing.assert_allclose(_sim().tile_max_start(z, p, 4), _exact_tau(z, p), atol=1e-12)
 
 
-def test_loop_from_the_tile_maxima_start_runs():
-    res = _sim().simulate(4 / 3, 16.0, n=256, temp=2.0, tile_max_k=8)
+@pytest.mark.parametrize("pos", [0.0, 2.0])
+def test_loop_from_the_tile_maxima_start_runs(pos):
+    res = _sim().simulate(4 / 3, 16.0, n=256, temp=2.0, tile_max_k=8, pos=pos)
     assert 1 <= res["passes_fold"] <= 2 and res["err_fold"] < 1e-3 and 0 < res["tiles_listed"] <= 1
