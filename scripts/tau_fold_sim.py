@@ -34,29 +34,24 @@ def scan_start_sums(z, p, bn=64, b0=0, bm=128):
     return ref - rows.max(1), s0, s1, s2
 
 
+def tile_maxima(zb, bn=64):
+    """Each row's best score per ``bn``-key tile, ``[rows, tiles]`` (a partial last tile padded with -inf)."""
+    zp = np.pad(zb, ((0, 0), (0, (-zb.shape[1]) % bn)), constant_values=-np.inf)
+    return zp.reshape(len(zb), -1, bn).max(2)
+
+
 def tile_max_start(zb, p, k, bn=64):
     """A certified lower bound on each row's tau from its ``k`` largest per-tile maxima (``bn``-key tiles): every
     tile holds an entry at its max, so sum_j [M_j - t]_+^p over those k maxima is at most the row's sum at t, and
     the t where that partial sum is 1 lies at or below tau. The scan sees each tile's row maxima as it reduces them
     into the row max; keeping the top k per row costs O(k) per row and tile, next to the tile's QK^T."""
-    n = zb.shape[1]
-    pad = (-n) % bn
-    zp = np.pad(zb, ((0, 0), (0, pad)), constant_values=-np.inf)
-    tmax = zp.reshape(len(zb), -1, bn).max(2)
-    top = -np.sort(-tmax, axis=1)[:, :k]
+    top = -np.sort(-tile_maxima(zb, bn), axis=1)[:, :k]
     lo, hi = np.full(len(zb), -1.0), np.zeros(len(zb))  # offsets from the row max (0): tau in [m - 1, m]
     for _ in range(100):
         mid = (lo + hi) / 2
         big = np.where(np.isfinite(top), np.maximum(top - mid[:, None], 0.0) ** p, 0.0).sum(1) > 1
         lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
     return lo
-
-
-def tile_gaps(zb, bn=64):
-    """Each key tile's best score in a block, relative to its row's max (z is already an offset from it)."""
-    pad = (-zb.shape[1]) % bn
-    zp = np.pad(zb, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return zp.reshape(len(zb), -1, bn).max(2).max(0)
 
 
 def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
@@ -75,10 +70,10 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
              tile_max_k=0, pos=0.0):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((n, d)) for _ in range(3))
-    if pos:  # the bench's "local" family (cli/bench.py make_inputs): a shared position code makes rows local
-        i = np.arange(n, dtype=np.float64)[:, None]
-        a = i * 64.0 ** (-np.arange(d // 2) / (d // 2))[None, :]
-        code = np.concatenate([np.sin(a), np.cos(a)], 1) / np.sqrt(d // 2) * np.sqrt(d)
+    if pos:  # the bench's "local" family: its shared position code makes rows local
+        from hf_adasplash.cli.bench import pos_code
+
+        code = pos_code(n, d, "cpu").double().numpy()
         q, k = q + pos * code, k + pos * code
     am1, p = alpha - 1.0, 1.0 / (alpha - 1.0)
     pm1 = p - 1.0
@@ -119,7 +114,7 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
             # the loop starts at the certified bound from the k largest tile maxima, and may stop after one pass
             t = t_lo = tile_max_start(zb, p, tile_max_k)
             first = 0
-        gaps = tile_gaps(zb)
+        gaps = tile_maxima(zb).max(0)  # each tile's gap in the block (z is already an offset from the row max)
         thr = t.min() if tile_max_k else -1.0  # the candidate list's threshold: the block's lowest bound
         listed.append((gaps > thr).sum() / max(1, np.isfinite(gaps).sum()))
         hist, stop = [t.copy()], None
