@@ -65,6 +65,11 @@ TAU_TOL_HALF = tl.constexpr(1.5625e-02)
 # |sum p - 1| beyond this after the tau loop (it hit MAX_ITERS): too far for the output pass's first-order step
 FOLD_MAX_DEFECT = tl.constexpr(0.25)
 SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this far below the normaliser are exactly zero
+# the tile-maxima start (``tile_max_start``) moves down by this much: its fp32 Newton steps may land an ulp or so
+# right of their root, and a start above tau would pin the loop there
+START_MARGIN = tl.constexpr(1.52587890625e-05)  # 2^-16
+START_NEWTON = tl.constexpr(3)  # Newton steps of that start
+MIN_X = tl.constexpr(1.1754943508222875e-38)
 
 
 @triton.jit
@@ -120,23 +125,91 @@ def scan_gap(b_t, b_m, m_row, p_gap, i_t, MAYBE_EMPTY: tl.constexpr):
 
 
 @triton.jit
+def top_insert(b_t2, b_t3, b_t4, b_x, TOPK: tl.constexpr):
+    """Each row's 2nd to ``TOPK``-th largest tile maxima so far (sorted; the largest is the running max), with
+    ``b_x`` inserted: a tile's row maxima where they lost to the running max, or the max they replaced.
+
+    A chain of max/min on [BM] rows in the scan's own layout: a [BM, K] tensor with an argmin (v19's first build)
+    needed a layout conversion per tile and made the scan 30-37% slower. Each slot holds one tile's max, so equal
+    maxima of different tiles stay separate entries.
+    """
+    if TOPK > 1:
+        b_n = tl.maximum(b_t2, b_x)
+        b_x = tl.minimum(b_t2, b_x)
+        b_t2 = b_n
+    if TOPK > 2:
+        b_n = tl.maximum(b_t3, b_x)
+        b_x = tl.minimum(b_t3, b_x)
+        b_t3 = b_n
+    if TOPK > 3:
+        b_t4 = tl.maximum(b_t4, b_x)
+    return b_t2, b_t3, b_t4
+
+
+@triton.jit
+def start_terms(b_d, b_t, pm1):
+    """(x^p, x^(p-1)) of one tile max at offset ``b_d`` from the row max, for tau - m = ``b_t`` (0 off the support)."""
+    b_x = tl.maximum(b_d - b_t, 0.0)
+    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(tl.maximum(b_x, MIN_X))), 0.0)
+    return b_u * b_x, b_u
+
+
+@triton.jit
+def tile_max_start(b_m, b_t2, b_t3, b_t4, a_m1, pm1, NEWTON: tl.constexpr, TOPK: tl.constexpr):
+    """A certified lower bound on tau - m from each row's ``TOPK`` largest tile maxima (z units; the first is m).
+
+    Each tile holds an entry at its max, so sum_j [M_j - t]_+^(1/(alpha-1)) over those maxima is at most the row's
+    own sum at t: the t where it is 1 lies at or below tau. Newton on the convex decreasing
+    ``(sum x^p)^(alpha-1) - 1`` from m - 1 lands left of that root at every step; a few steps reach it (float64
+    simulation: three, ``scripts/tau_fold_sim.py --tile-max-newton``). The fp32 rounding of the last steps is
+    covered by a margin far below the tau loop's tolerances. Rows with no visible key get -1.
+    """
+    ok = b_m > float("-inf")
+    b_mm = tl.where(ok, b_m, 0.0)
+    b_d2 = tl.where(ok, b_t2 - b_mm, float("-inf"))
+    b_d3 = tl.where(ok, b_t3 - b_mm, float("-inf"))
+    b_d4 = tl.where(ok, b_t4 - b_mm, float("-inf"))
+    b_t = tl.where(ok, -1.0, -1.0)
+    for _ in tl.static_range(NEWTON):
+        b_s0, b_s1 = start_terms(0.0, b_t, pm1)
+        if TOPK > 1:
+            b_a, b_b = start_terms(b_d2, b_t, pm1)
+            b_s0 += b_a
+            b_s1 += b_b
+        if TOPK > 2:
+            b_a, b_b = start_terms(b_d3, b_t, pm1)
+            b_s0 += b_a
+            b_s1 += b_b
+        if TOPK > 3:
+            b_a, b_b = start_terms(b_d4, b_t, pm1)
+            b_s0 += b_a
+            b_s1 += b_b
+        step = (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / tl.where(b_s1 > 0, b_s1, 1.0)
+        b_t = tl.where(ok & (b_s1 > 0), b_t + step, b_t)
+    return tl.maximum(b_t - START_MARGIN, -1.0)
+
+
+@triton.jit
 def scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i0, i1, n_tiles, Nk, off, W, b_qp,
-                k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                DOT_PREC: tl.constexpr):
+                k_pos_base, kpm_base, b_m, b_t2, b_t3, b_t4, p_gap, scale, softcap, zs, BN: tl.constexpr,
+                IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
+                HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, TOPK: tl.constexpr):
     """Tiles i0 .. i1 - 1 (taken modulo n_tiles), each masked where it crosses a boundary."""
     for i_t in range(i0, i1):
         n0 = lo + (i_t % n_tiles) * BN
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
                                 kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                 HAS_SOFTCAP, DOT_PREC)
-        b_m = scan_gap(tl.max(b_z, 1), b_m, m_row, p_gap, n0 // BN, True)
-    return b_m
+        b_t = tl.max(b_z, 1)
+        b_t2, b_t3, b_t4 = top_insert(b_t2, b_t3, b_t4, tl.minimum(b_m, b_t), TOPK)
+        b_m = scan_gap(b_t, b_m, m_row, p_gap, n0 // BN, True)
+    return b_m, b_t2, b_t3, b_t4
 
 
 @triton.jit
-def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, p_gap, scale, softcap, zs,
-               BN: tl.constexpr, D_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, b_t2, b_t3, b_t4, p_gap, scale, softcap,
+               zs, BN: tl.constexpr, D_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr,
+               TOPK: tl.constexpr):
     """Tiles i0 .. i1 - 1, known to lie inside every boundary: no masks and no per-tile test, and the row max is
     taken on the raw dot (the scale is positive, so it commutes with max)."""
     # in-tile offsets fit 32 bits; the tile's start is a 64-bit scalar
@@ -152,21 +225,27 @@ def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, p_gap, 
             b_t = tl.max(dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP, DOT_PREC), 1)
         else:
             b_t = dot_to_z(tl.max(b_s, 1), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
+        b_t2, b_t3, b_t4 = top_insert(b_t2, b_t3, b_t4, tl.minimum(b_m, b_t), TOPK)
         b_m = scan_gap(b_t, b_m, m_row, p_gap, lo // BN + i_t, False)
-    return b_m
+    return b_m, b_t2, b_t3, b_t4
 
 
 @triton.jit
 def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp, k_pos_base, kpm_base,
                p_gap, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-               DOT_PREC: tl.constexpr, SPLIT: tl.constexpr = 0, D_PAD: tl.constexpr = True):
-    """Phase A: the one dense pass. Returns the row max and stores each tile's gap.
+               DOT_PREC: tl.constexpr, SPLIT: tl.constexpr = 0, D_PAD: tl.constexpr = True,
+               TOPK: tl.constexpr = 0):
+    """Phase A: the one dense pass. Returns the row max and each row's 2nd to ``TOPK``-th largest tile maxima
+    (``top_insert``; -inf where unused) and stores each tile's gap.
 
     Nothing else happens here (the softmax normaliser is summed later, over listed tiles only): the loop then needs
     few registers, and more programs per SM hide its loads.
     """
     b_m = tl.full([BM], float("-inf"), tl.float32)
+    b_t2 = tl.full([BM], float("-inf"), tl.float32)
+    b_t3 = b_t2
+    b_t4 = b_t2
     # Start at the tile of the block's diagonal and wrap around: row maxima usually sit near the diagonal, and
     # the earlier the running max is close to final, the tighter every later tile's gap.
     n_tiles = tl.cdiv(hi - lo, BN)
@@ -179,20 +258,23 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
             i_clean = tl.minimum(i_clean, tl.maximum(m0 + off - lo + 1, 0) // BN)
         i_clean = tl.maximum(i_clean, i_diag)
         if SPLIT > 1:  # (SPLIT = 1: the tiles after the diagonal all go through the masked loop)
-            b_m = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i_diag, i_clean, b_m, p_gap, scale,
-                             softcap, zs, BN, D_PAD, HAS_SOFTCAP, DOT_PREC)
+            b_m, b_t2, b_t3, b_t4 = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i_diag, i_clean, b_m,
+                                               b_t2, b_t3, b_t4, p_gap, scale, softcap, zs, BN, D_PAD, HAS_SOFTCAP,
+                                               DOT_PREC, TOPK)
         else:
             i_clean = i_diag
-        b_m = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_clean, n_tiles, n_tiles, Nk,
-                          off, W, b_qp, k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN, IS_CAUSAL,
-                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-        b_m = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, 0, i_diag, b_m, p_gap, scale, softcap, zs, BN,
-                         D_PAD, HAS_SOFTCAP, DOT_PREC)
+        b_m, b_t2, b_t3, b_t4 = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_clean,
+                                            n_tiles, n_tiles, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m, b_t2, b_t3,
+                                            b_t4, p_gap, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
+                                            HAS_KPM, HAS_SOFTCAP, DOT_PREC, TOPK)
+        b_m, b_t2, b_t3, b_t4 = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, 0, i_diag, b_m, b_t2, b_t3,
+                                           b_t4, p_gap, scale, softcap, zs, BN, D_PAD, HAS_SOFTCAP, DOT_PREC, TOPK)
     else:
-        b_m = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_diag, i_diag + n_tiles,
-                          n_tiles, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m, p_gap, scale, softcap, zs, BN,
-                          IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
-    return b_m
+        b_m, b_t2, b_t3, b_t4 = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_diag,
+                                            i_diag + n_tiles, n_tiles, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m,
+                                            b_t2, b_t3, b_t4, p_gap, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW,
+                                            HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, TOPK)
+    return b_m, b_t2, b_t3, b_t4
 
 
 @triton.jit
@@ -247,8 +329,14 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
               CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr,
-              STRICT_TOL: tl.constexpr = False):
+              STRICT_TOL: tl.constexpr = False, b_start=None, TILE_MAX_START: tl.constexpr = False,
+              FIRST_FOLD: tl.constexpr = False):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
+
+    ``TILE_MAX_START``: heads with alpha <= 1.5 start at ``b_start`` (the scan's ``tile_max_start``, a certified
+    bound at or above m - 1) instead of m - 1. ``FIRST_FOLD``: from there the first pass may stop at the fold's
+    tolerance (inference only: training reads O2 at the loop's tau, and a first step that large doubled dq's bf16
+    error against float64 at alpha = 1.5, to 1.4e-2; H100, bench/NOTES.md v19).
 
     Rows with no visible key come back with row max 0 and offset inf. The candidate tiles' list (``p_idx``) ends
     compacted to the tiles that beat the returned threshold: the output pass and the backward walk it. The offset
@@ -272,6 +360,16 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
     else:
         thr = -1.0  # tau >= m - 1: the top entry alone has p <= 1
     b_tau = tl.where(row_ok, thr + anchor, float("inf"))
+    started = False
+    if TILE_MAX_START:
+        # alpha <= 1.5 only (pm1 >= 1; softmax has pm1 = 0): above it the fold's step from a first pass stopped at its
+        # tolerance erred up to 6.7e-2 (alpha = 1.75, mildly local rows; float64 simulation, bench/NOTES.md v19).
+        # fp32 heads near alpha = 1 (anchor 1) keep m - 1
+        started = (pm1 >= 1.0) & (anchor == 0.0)
+        if started:
+            b_tau = tl.where(row_ok, tl.maximum(b_start, -1.0), b_tau)
+            # the candidate list needs only the tiles above the block's lowest start
+            thr = tl.min(b_tau, 0)
     # the candidate tiles, as a list: the loops below then have no per-tile branch and pipeline their loads
     tl.debug_barrier()
     cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, lo // BN, tl.cdiv(hi, BN), CH, False, False)
@@ -290,6 +388,9 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         cnt = compact(p_gap, 1, p_gap, thr, p_idx, p_idx, 0, cnt, CH, False, True)
         tl.debug_barrier()
     else:
+        tol_first = tol
+        if FIRST_FOLD:
+            tol_first = tl.where(started, tol_fold, tol)
         it = 0
         b_lo = b_tau  # certified lower bound: every Newton point is one (h is convex and decreasing)
         b_hi = tl.where(row_ok, anchor, float("inf"))  # tau < m: the row's top entry always has p > 0
@@ -328,7 +429,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
             b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
             b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
             b_sc = tl.maximum(tl.abs(b_lo), 1.0)
-            tol_it = tl.where(it > 0, tol_fold, tol)
+            tol_it = tl.where(it > 0, tol_fold, tol_first)
             if HALLEY:
                 # Halley: h''/(-2h') = (p-1)(S0 S2 - S1^2)/(2 S0 S1) >= 0 (Cauchy-Schwarz); steps past the root
                 # are caught by the bracket [lo, hi) and fall back to the certified Newton point
@@ -370,9 +471,10 @@ def adasplash_fwd_scan_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HEAVY_FIRST: tl.constexpr = False,
-    SCAN_SPLIT: tl.constexpr = 0,
+    SCAN_SPLIT: tl.constexpr = 0, TOPK: tl.constexpr = 0,
 ):
-    """Phase A alone: row max (``rows[0]``) and tile gaps.
+    """Phase A alone: row max (``rows[0]``) and tile gaps; with ``TOPK`` also the tau kernel's start
+    (``rows[1]``, ``tile_max_start`` from each row's TOPK largest tile maxima).
 
     Split from the main kernel so that this dense pass, most of the forward's time on sparse inputs, runs with the
     few registers it needs (more programs per SM) instead of the tau and output passes' register budget.
@@ -389,10 +491,15 @@ def adasplash_fwd_scan_kernel(
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
     p_gap = tile_gap + (i_bh.to(tl.int64) * NMB + i_m) * NKB
-    b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
-                     k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb, p_gap, scale, softcap, zs,
-                     BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, SCAN_SPLIT, BD != D)
-    tl.store(rows + i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m, b_m, mask=m_row)
+    b_m, b_t2, b_t3, b_t4 = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
+                                       b_qp, k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb, p_gap, scale,
+                                       softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
+                                       DOT_PREC, SCAN_SPLIT, BD != D, TOPK)
+    p_row = rows + i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
+    tl.store(p_row, b_m, mask=m_row)
+    if TOPK > 0:
+        b_start = tile_max_start(b_m, b_t2, b_t3, b_t4, a_m1, pm1, START_NEWTON, TOPK)
+        tl.store(p_row + stride_rs, b_start, mask=m_row)
 
 
 @triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
@@ -406,10 +513,11 @@ def adasplash_fwd_tau_kernel(
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
-    STRICT_TOL: tl.constexpr = False,
+    STRICT_TOL: tl.constexpr = False, TILE_MAX_START: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
-    threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs.
+    threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs. ``TILE_MAX_START``: the
+    scan left each row's start in the offset row (its ``TOPK``); ``FIRST_FOLD``: see ``solve_tau``.
 
     On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
@@ -428,12 +536,16 @@ def adasplash_fwd_tau_kernel(
     p_blk = i_bh.to(tl.int64) * NMB + i_m
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)  # expand + reduce: see main
+    b_start = b_m
+    if TILE_MAX_START:
+        b_start = tl.max(tl.load(tau + stride_rs + p_row, mask=m_row, other=-1.0)[:, None], 1)
     b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
                                      k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb,
                                      tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale, softcap, zs, a_m1,
                                      pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
-                                     HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL)
+                                     HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start, TILE_MAX_START,
+                                     FIRST_FOLD)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -537,9 +649,9 @@ def adasplash_fwd_kernel(
         if SCANNED:
             b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)
         else:
-            b_m = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
-                             k_pos_base, kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
-                             HAS_KPM, HAS_SOFTCAP, DOT_PREC)
+            b_m, _, _, _ = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
+                                k_pos_base, kpm_base, p_gap, scale, softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW,
+                                HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC)
         b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""bf16 errors of the tau-fold variants against the float64 reference on one GPU (bench/NOTES.md v9).
+"""bf16 errors of tau-loop variants against the float64 reference on one GPU (bench/NOTES.md v9, v19).
 
-N = 4096, D = 64, random inputs, causal; one head per alpha in (1.25, 1.35, 1.5, 1.75); inference and training
-forward, dq/dk/dv/d(alpha); then the same-dtype PyTorch dense entmax for scale. ``python scripts/fold_accuracy.py``
+Causal, one head per alpha; inference and training forward, dq/dk/dv/d(alpha); then the same-dtype PyTorch dense
+entmax for scale. Defaults: N = 4096, D = 64, random inputs, alphas (1.25, 1.35, 1.5, 1.75), the fold variants of v9.
+
+    python scripts/fold_accuracy.py
+    python scripts/fold_accuracy.py --pos 0.5 --variant start0=tile_max_start=0 --variant start8=tile_max_start=8
 """
 
+import argparse
 import dataclasses
 
 import torch
@@ -14,17 +18,34 @@ from hf_adasplash.ops import attention_ops, tiling
 from hf_adasplash.ops.attention import adasplash_attention_triton
 from hf_adasplash.reference import attention_reference
 
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("-n", type=int, default=4096)
+ap.add_argument("-d", type=int, default=64)
+ap.add_argument("--alphas", default="1.25,1.35,1.5,1.75")
+ap.add_argument("--pos", type=float, default=0.0, help="input family: 0 random, > 0 local (cli.bench)")
+ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+ap.add_argument("--variant", action="append", default=[], metavar="NAME=FIELD=VALUE[,FIELD=VALUE]",
+                help="Tiles overrides under a name (repeatable; default: the v9 fold variants)")
+args = ap.parse_args()
+
 torch.manual_seed(0)
-H, N, D = 4, 4096, 64
-q, k, v = make_inputs(1, H, H, N, N, D, 0.0, torch.bfloat16, "cuda", requires_grad=True)
-a = torch.tensor([1.25, 1.35, 1.5, 1.75], device="cuda", dtype=torch.float64, requires_grad=True)
+alphas = [float(x) for x in args.alphas.split(",")]
+H, N, D = len(alphas), args.n, args.d
+q, k, v = make_inputs(1, H, H, N, N, D, args.pos, getattr(torch, args.dtype), "cuda", requires_grad=True)
+a = torch.tensor(alphas, device="cuda", dtype=torch.float64, requires_grad=True)
 g = torch.randn_like(q)
 ref = attention_reference(q.double(), k.double(), v.double(), a, is_causal=True)
 gref = torch.autograd.grad(ref, (q, k, v, a), g.double())
 ref = ref.detach()
 base = tiling.tiles(D)
-variants = {"nofold": dataclasses.replace(base, fold=False), "default": base,
-            "fold-tol4": dataclasses.replace(base, fold_tol=(4.0, 4.0))}
+if args.variant:
+    variants = {}
+    for spec in args.variant:
+        name, fields = spec.split("=", 1)
+        variants[name] = tiling.with_fields(base, fields.split(","))
+else:
+    variants = {"nofold": dataclasses.replace(base, fold=False), "default": base,
+                "fold-tol4": dataclasses.replace(base, fold_tol=(4.0, 4.0))}
 
 
 def rel(x, y, dims=(0, 2, 3)):
@@ -42,12 +63,18 @@ for name, t in variants.items():
     for gn, x, y in zip(("dq", "dk", "dv"), gr[:3], gref[:3]):
         print(f"{name:14s} {gn} per head {rel(x, y)}")
     print(f"{name:14s} dalpha {gr[3].tolist()} ref {gref[3].tolist()}", flush=True)
+    # a frozen alpha (fixed-alpha training: the tau loop's loose tolerance, no entropy terms)
+    out = adasplash_attention_triton(q, k, v, a.detach(), is_causal=True)
+    gr = torch.autograd.grad(out, (q, k, v), g)
+    print(f"{name:14s} frozen    out per head {rel(out, ref)}")
+    for gn, x, y in zip(("dq", "dk", "dv"), gr, gref[:3]):
+        print(f"{name:14s} frozen {gn} per head {rel(x, y)}", flush=True)
 
-# bf16 dense PyTorch entmax baseline (same dtype): the bar's "no worse than 2x"
+# dense PyTorch entmax in the same dtype: the bar's "no worse than 2x"
 qb, kb, vb = (t.detach().clone().requires_grad_() for t in (q, k, v))
 ab = a.detach().clone().requires_grad_()
 ob = attention_reference(qb, kb, vb, ab, is_causal=True)
 gb = torch.autograd.grad(ob, (qb, kb, vb), g)
-print(f"{'torch-bf16':14s} out per head {rel(ob, ref)}")
+print(f"{'torch-' + args.dtype:14s} out per head {rel(ob, ref)}")
 for gn, x, y in zip(("dq", "dk", "dv"), gb, gref[:3]):
-    print(f"{'torch-bf16':14s} {gn} per head {rel(x, y)}")
+    print(f"{'torch-' + args.dtype:14s} {gn} per head {rel(x, y)}")

@@ -40,12 +40,21 @@ def tile_maxima(zb, bn=64):
     return zp.reshape(len(zb), -1, bn).max(2)
 
 
-def tile_max_start(zb, p, k, bn=64):
+def tile_max_start(zb, p, k, bn=64, newton=0):
     """A certified lower bound on each row's tau from its ``k`` largest per-tile maxima (``bn``-key tiles): every
     tile holds an entry at its max, so sum_j [M_j - t]_+^p over those k maxima is at most the row's sum at t, and
     the t where that partial sum is 1 lies at or below tau. The scan sees each tile's row maxima as it reduces them
     into the row max; keeping the top k per row costs O(k) per row and tile, next to the tile's QK^T."""
     top = -np.sort(-tile_maxima(zb, bn), axis=1)[:, :k]
+    if newton:
+        # the kernel's way: Newton steps on h = S0^(alpha-1) - 1 from m - 1, each a certified bound (h is convex)
+        t = np.full(len(zb), -1.0)
+        for _ in range(newton):
+            x = np.where(np.isfinite(top), np.maximum(top - t[:, None], 0.0), 0.0)
+            s0 = (x**p).sum(1)
+            s1 = np.where(x > 0, x ** (p - 1), 0.0).sum(1)
+            t = t + (s0 - s0 ** (1 - 1 / p)) / s1
+        return t
     lo, hi = np.full(len(zb), -1.0), np.zeros(len(zb))  # offsets from the row max (0): tau in [m - 1, m]
     for _ in range(100):
         mid = (lo + hi) / 2
@@ -67,7 +76,7 @@ def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
 
 
 def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, scan_start=False, sink=0.0,
-             tile_max_k=0, pos=0.0):
+             tile_max_k=0, pos=0.0, tile_max_newton=0):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((n, d)) for _ in range(3))
     if pos:  # the bench's "local" family: its shared position code makes rows local
@@ -112,7 +121,7 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
             first = 0
         elif tile_max_k:
             # the loop starts at the certified bound from the k largest tile maxima, and may stop after one pass
-            t = t_lo = tile_max_start(zb, p, tile_max_k)
+            t = t_lo = tile_max_start(zb, p, tile_max_k, newton=tile_max_newton)
             first = 0
         gaps = tile_maxima(zb).max(0)  # each tile's gap in the block (z is already an offset from the row max)
         thr = t.min() if tile_max_k else -1.0  # the candidate list's threshold: the block's lowest bound
@@ -153,6 +162,8 @@ def main():
     ap.add_argument("--pos", type=float, default=0.0, help="local rows: the bench's position code at this weight")
     ap.add_argument("--tile-max-start", type=int, default=0, metavar="K",
                     help="also the start from each row's K largest 64-key tile maxima (a certified bound)")
+    ap.add_argument("--tile-max-newton", type=int, default=0, metavar="STEPS",
+                    help="that start by this many Newton steps from m - 1, as a kernel makes it (0: its exact root)")
     args = ap.parse_args()
     for alpha in (float(a) for a in args.alphas.split(",")):
         res = simulate(alpha, args.mult, n=args.n, half=not args.fp32, temp=args.temp, sink=args.sink, pos=args.pos)
@@ -163,8 +174,8 @@ def main():
         if args.tile_max_start:
             res |= {f"{key}_tmax": val for key, val in simulate(alpha, args.mult, n=args.n, half=not args.fp32,
                                                                 temp=args.temp, sink=args.sink,
-                                                                tile_max_k=args.tile_max_start,
-                                                                pos=args.pos).items()}
+                                                                tile_max_k=args.tile_max_start, pos=args.pos,
+                                                                tile_max_newton=args.tile_max_newton).items()}
         print(f"alpha {alpha:.3f} " + " ".join(f"{k} {v:.3g}" for k, v in res.items()), flush=True)
 
 

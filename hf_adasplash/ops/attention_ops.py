@@ -153,6 +153,12 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     dummy = q.new_empty(0, dtype=torch.int32)  # the pointer of absent optional inputs, never read (no storage)
     rows_shape = _row_shape(q, cu_seqlens_q)
     solve = t.scan and t.solve
+    # the tile-maxima start pays at inference (the first pass may stop at the fold's tolerance) and while alpha learns
+    # (the strict tolerance's loop is longer); frozen-alpha training keeps m - 1: its first pass rarely stops, and
+    # the scan's max/min chain then only costs (H100, bench/NOTES.md v19). fp32, the accuracy path, keeps m - 1 too:
+    # from the start its fp32 d(alpha) at alpha = 1.15 erred 1.2e-5 against the 1e-5 it is held to
+    half = q.dtype != torch.float32
+    topk = t.tile_max_start if solve and half and (need_ent or not need_bwd) else 0
     # the tau kernel hands the list's threshold and length to the main kernel, also at inference
     keep_list = need_bwd or solve
     f32, i32 = torch.float32, torch.int32
@@ -197,13 +203,15 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     common["HEAVY_FIRST"] = heavy_first
     if t.scan:
         plan.steps.append(Step(adasplash_fwd_scan_kernel, grid, dict(
-            **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, **scan_launch_args(t),
+            **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, TOPK=topk, **scan_launch_args(t),
         ), {"q": "q", "k": "k", "rows": "scratch", **common_tensors}))
     if solve:
         plan.steps.append(Step(adasplash_fwd_tau_kernel, grid, dict(
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
             **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
-            STRICT_TOL=need_ent and t.strict_tol_learning, **solve_launch_args(t),
+            STRICT_TOL=need_ent and t.strict_tol_learning, TILE_MAX_START=topk > 0,
+            FIRST_FOLD=not need_bwd,
+            **solve_launch_args(t),
         ), {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
             "tile_cnt": "tile_cnt", **common_tensors}))
     plan.steps.append(Step(adasplash_fwd_kernel, grid, dict(

@@ -59,6 +59,9 @@ class Tiles:
     # solve_bn_square when every head's alpha is known on the host to be on the multiplication grid (a float, or a
     # snapped and frozen alpha): no head takes the general power, whose loop wants narrow slices (0: no change)
     grid_solve_bn: int = 0
+    # the tau loop starts from a bound the scan solves from each row's this many (<= 4) largest tile maxima (alpha
+    # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19)
+    tile_max_start: int = 0
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
     # causal dq and dk/dv: likewise the query blocks / key blocks with the most tiles, when the grid is short
     # (``bwd_heavy_first``)
@@ -69,6 +72,10 @@ class Tiles:
     # while alpha learns, half-precision inputs take the fp32 tau tolerance in the tau kernel: d(alpha) reads the tau
     # loop's last point (bench/NOTES.md v16); 0 keeps the loose one, to time what the strict one costs
     strict_tol_learning: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.tile_max_start <= 4:
+            raise ValueError(f"tile_max_start={self.tile_max_start}: expected 0 (off) to 4 tile maxima per row")
 
     def __hash__(self) -> int:
         # cached: the ops' plan keys hash the settings on every call (~40 fields)
@@ -87,7 +94,7 @@ def tiles(head_dim: int) -> Tiles:
         # Small tiles so that tiny test shapes still span several blocks (skipping, boundaries, GQA loops); both
         # d(alpha) paths, as on the GPU; tau passes in slices and a fixed-alpha variant, as on the GPU
         return Tiles(32, 32, BD, 1, 1, 1, 1, 16, 16, 16, o3_fwd=BD <= 64, solve_bn=16, solve_bn_square=16,
-                     square_solve=(32, 1, True, 0), grid_solve_bn=32)
+                     square_solve=(32, 1, True, 0), grid_solve_bn=32, tile_max_start=4)
     # Measured on H100 (scripts/sweep_tiles.py, bench/NOTES.md v5-v6): 4-warp forward with 4 stages; dq programs of
     # 64 rows (half a forward block) at D <= 64; at D = 128 the forward keeps 8 warps with 3 stages and dk/dv runs
     # 64-row slices at 4 warps. Learnable alpha at D <= 64: O3 from the forward, which then runs 8 warps (a third
@@ -104,13 +111,15 @@ def tiles(head_dim: int) -> Tiles:
     # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
     # v17 (NOTES): dq capped at 128 registers at D = 64 (4 programs per SM, was 3 at 167): -3 to -8% on dense, local
     # and learned-alpha shapes, bit-identical; the same cap on dk/dv (229 registers) made it 1.2-3x slower.
+    # v19 (NOTES): the tau loop from the 4 largest tile maxima at D <= 128: dense inference forward -20 to -24%,
+    # learning-alpha fwd+bwd -7%; the scan +5 to +18% (local 16k inference +1 to +5%).
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(32, 1, 168), dq_maxnreg=128)
+                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 32, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
-                     solve_bn_square=64)
+                     solve_bn_square=64, tile_max_start=4)
     # D = 256 (Gemma 3): the forward at 8 warps. At 4 its [64, 256] fp32 accumulators (128 registers each per
     # thread) spilled ~1 KB of stack; at 8 nothing spills and the forward ran 2.2x faster (H100, NOTES v11). The
     # backward stays at 4 warps: 8 made dq/dk/dv 2.5x slower there
