@@ -169,7 +169,7 @@ def tile_max_start(b_m, b_t2, b_t3, b_t4, a_m1, pm1, NEWTON: tl.constexpr, TOPK:
     b_d2 = tl.where(ok, b_t2 - b_mm, float("-inf"))
     b_d3 = tl.where(ok, b_t3 - b_mm, float("-inf"))
     b_d4 = tl.where(ok, b_t4 - b_mm, float("-inf"))
-    b_t = tl.where(ok, -1.0, -1.0)
+    b_t = tl.zeros_like(b_mm) - 1.0
     for _ in tl.static_range(NEWTON):
         b_s0, b_s1 = start_terms(0.0, b_t, pm1)
         if TOPK > 1:

@@ -98,10 +98,11 @@ def cases(D: int, t, fp32: bool = False):
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **dict(FLAGS, DOT_PREC="ieee" if fp32 else "tf32"))
     fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
                HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
+    # the tile-maxima start: bf16/fp16 with the tau kernel only, as attention_ops launches it
+    topk = t.tile_max_start if t.solve and not fp32 else 0
     if t.scan:
         yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel,
-               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split,
-                    TOPK=t.tile_max_start if t.solve else 0), scan_launch_args(t))
+               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split, TOPK=topk), scan_launch_args(t))
     solve = t.scan and t.solve
     if solve:
         # the tau kernel as each host-side alpha hint launches it: unknown (a learning alpha), every head on the
@@ -112,7 +113,7 @@ def cases(D: int, t, fp32: bool = False):
                 continue
             tau_args = dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
                             **tau_pass_args(ts), HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general,
-                            TILE_MAX_START=ts.tile_max_start > 0)
+                            TILE_MAX_START=topk > 0)
             yield f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel, tau_args, solve_launch_args(ts)
             if not hint:  # a learning alpha: d(alpha) needs the fp32 tolerance
                 yield ("fwd tau (phase B) alpha learns", adasplash_fwd_tau_kernel, dict(tau_args, STRICT_TOL=True),

@@ -111,8 +111,8 @@ def tiles(head_dim: int) -> Tiles:
     # 8 B of stack) the sparse 16k forward ran 3% faster. At D = 128 shared memory already limits it to 2 per SM.
     # v17 (NOTES): dq capped at 128 registers at D = 64 (4 programs per SM, was 3 at 167): -3 to -8% on dense, local
     # and learned-alpha shapes, bit-identical; the same cap on dk/dv (229 registers) made it 1.2-3x slower.
-    # v19 (NOTES): the tau loop from the 4 largest tile maxima at D <= 128: dense inference forward -20 to -24%,
-    # learning-alpha fwd+bwd -7%; the scan +5 to +18% (local 16k inference +1 to +5%).
+    # v19 (NOTES): the tau loop from the 4 largest tile maxima at D <= 128: dense inference forward -19 to -29%,
+    # learning-alpha fwd+bwd -7%; the scan +5 to +18% (local 16k inference +2.5 to +5%).
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
