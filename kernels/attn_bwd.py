@@ -48,11 +48,11 @@ def dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b
     tl.store(dalpha_row + p_row, b_da, mask=m_row)
 
 
-@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB", "HG"])
 def adasplash_bwd_kernel_dq(
     q, k, v, o, o2, o3, do, dq, alpha, tau, ent, delta, dalpha_row, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, NQ, NK, W, NMB, NKB,
+    scale, softcap, NQ, NK, W, NMB, NKB, HG,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
@@ -64,7 +64,7 @@ def adasplash_bwd_kernel_dq(
     # grid: (BMQ-row blocks, batch x head), or (batch x head, blocks) with the last blocks first (HEAVY_FIRST)
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK,
                                                                              tl.cdiv(NQ, BMQ), H, G, BMQ, IS_VARLEN,
-                                                                             HEAVY_FIRST)
+                                                                             HEAVY_FIRST, HG)
     if m0 >= Nq:
         return
     off = Nk - Nq

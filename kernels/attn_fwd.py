@@ -462,10 +462,10 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
     return b_m, b_tau, thr, cnt
 
 
-@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB", "HG"])
 def adasplash_fwd_scan_kernel(
     q, k, alpha, rows, tile_gap, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, NQ, NK, W, NMB, NKB,
+    scale, softcap, NQ, NK, W, NMB, NKB, HG,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -480,7 +480,7 @@ def adasplash_fwd_scan_kernel(
     few registers it needs (more programs per SM) instead of the tau and output passes' register budget.
     """
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
-                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST, HG)
     if m0 >= Nq:
         return
     off = Nk - Nq
@@ -502,10 +502,10 @@ def adasplash_fwd_scan_kernel(
         tl.store(p_row + stride_rs, b_start, mask=m_row)
 
 
-@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB", "HG"])
 def adasplash_fwd_tau_kernel(
     q, k, alpha, tau, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB,
+    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB, HG,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -523,7 +523,7 @@ def adasplash_fwd_tau_kernel(
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
     """
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
-                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST, HG)
     if m0 >= Nq:
         return
     off = Nk - Nq
@@ -596,11 +596,11 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
     return b_o, b_o2, b_su, b_ent, b_o3, b_sp
 
 
-@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB"])
+@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB", "HG"])
 def adasplash_fwd_kernel(
     q, k, v, o, o2, o3, alpha, tau, ent, tile_gap, tile_thr, tile_idx, tile_cnt,
     cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB,
+    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB, HG,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
@@ -613,7 +613,7 @@ def adasplash_fwd_kernel(
     FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
 ):
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
-                                                                             G, BM, IS_VARLEN, HEAVY_FIRST)
+                                                                             G, BM, IS_VARLEN, HEAVY_FIRST, HG)
     if m0 >= Nq:
         return
     off = Nk - Nq

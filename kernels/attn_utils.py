@@ -6,8 +6,16 @@ All scores inside the kernels live in "z units": ``z = s * zs`` with ``zs = alph
 ``p = [z - tau]_+ ** (1 / (alpha - 1))``) or ``zs = log2(e)`` (softmax heads, so that ``p = exp2(z - tau)``).
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+# tl.log2 is libdevice's log2f: ~25 instructions of polynomial and special cases per element, which made the general
+# power's passes issue-bound (ncu: 84% of issue slots in the tau kernel at alpha = 1.4; H100, bench/NOTES.md v20).
+# Half-precision inputs take the hardware's lg2.approx.ftz instead (one special-function op, ~2^-22 absolute error,
+# far below their own rounding); fp32, the accuracy path, keeps libdevice. The interpreter runs no PTX.
+FAST_LOG2 = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 
 
 @triton.jit
@@ -43,18 +51,27 @@ def seq_bounds(cu_seqlens_q, cu_seqlens_k, i_b, NQ, NK, IS_VARLEN: tl.constexpr)
 
 @triton.jit
 def query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
-                IS_VARLEN: tl.constexpr, HEAVY_FIRST: tl.constexpr):
+                IS_VARLEN: tl.constexpr, HEAVY_FIRST: tl.constexpr, HG=1):
     """This program's query block (grid: block, batch x head): its indices, the sequence's bounds and rows m0..m1.
 
     ``HEAVY_FIRST`` (grid: batch x head, block): the last query blocks, which see the most keys under a causal mask,
-    are launched first, across all heads; the short ones then fill the last wave instead of one long block per head
-    trailing behind (longest-first scheduling, as flash attention orders causal blocks).
+    are launched first; the short ones then fill the last wave instead of one long block per head trailing behind
+    (longest-first scheduling). It runs in groups of ``HG`` heads (of the batch x head axis, in launch order): a
+    group's blocks from the heaviest down, its heads interleaved, then the next group. Sized so that a group's K/V
+    stays in L2 (``tiling.heavy_group``), as flash attention 3's longest-first scheduler groups heads; HG = B x H
+    is one group, every head's heaviest block at once, whose K/V no L2 holds.
 
     Returns (i_m, i_bh, i_b as int64, i_h, KV head, first query token, Nq, first key token, Nk, m0, m1); the caller
     returns early when m0 >= Nq (a block past this varlen segment's end).
     """
     if HEAVY_FIRST:
-        i_m, i_bh = NMB - 1 - tl.program_id(1), tl.program_id(0)
+        BH = tl.num_programs(0)
+        pid = tl.program_id(1) * BH + tl.program_id(0)  # launch order
+        i_g = pid // (HG * NMB)
+        rem = pid - i_g * (HG * NMB)
+        n_g = tl.minimum(HG, BH - i_g * HG)  # the last group may hold fewer heads
+        j = rem // n_g
+        i_m, i_bh = NMB - 1 - j, i_g * HG + (rem - j * n_g)
     else:
         i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -214,9 +231,10 @@ def log2_atanh(b_t):
 
 @triton.jit
 def log2_near1(b_x):
-    """log2(x) for x in [0, 1] with ~1e-8 relative accuracy near x = 1 (see ``entmax_log2``)."""
+    """log2(x) for x in [0, 1] with ~1e-8 relative accuracy near x = 1 (see ``entmax_log2``); half-precision heads
+    only (fp32 takes ``log2_1p_near``), so below 1/2, where x^pm1 < 2^-32, the hardware approximation does."""
     # x - 1 is exact for x in [1/2, 1]
-    return tl.where(b_x >= 0.5, log2_atanh((b_x - 1.0) / (b_x + 1.0)), tl.log2(b_x))
+    return tl.where(b_x >= 0.5, log2_atanh((b_x - 1.0) / (b_x + 1.0)), log2_of(b_x, False))
 
 
 @triton.jit
@@ -252,15 +270,26 @@ def x_of_r(b_r, anchor, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def log2_of(b_x, EXACT: tl.constexpr):
+    """log2(x): libdevice's where ``EXACT`` (fp32 inputs), else the hardware approximation (``FAST_LOG2``)."""
+    if EXACT or not FAST_LOG2:
+        b_l = tl.log2(b_x)
+    else:
+        b_l = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [b_x], dtype=tl.float32,
+                                        is_pure=True, pack=1)
+    return b_l
+
+
+@triton.jit
 def entmax_log2(b_x, pm1, b_r=None, FROM_R: tl.constexpr = False):
     """log2(x) for x in [0, 1], accurate near x = 1 when alpha is close to 1 (pm1 = 1/(alpha-1) - 1 > 32).
 
     The powers x^(1/(alpha-1)) multiply log2(x) by up to 1e4 there, and the hardware log2 (absolute error ~1e-7,
     not even exactly 0 at x = 1) would cost ~1e-3 of relative accuracy. ln x = 2 atanh(t), t = (x-1)/(x+1), is exact
     at x = 1 and ~1e-8 relative for x >= 1/2; below 1/2, x^pm1 < 2^-32 and the hardware log2 is good enough.
-    ``FROM_R``: fp32, where such a head also has r = x - 1 exactly (``near1_anchor``).
+    ``FROM_R``: fp32, where such a head also has r = x - 1 exactly (``near1_anchor``), and libdevice's log2.
     """
-    b_l = tl.log2(b_x)
+    b_l = log2_of(b_x, FROM_R)
     if pm1 > 32.0:
         if FROM_R:
             b_l = log2_1p_near(b_r)
@@ -318,7 +347,7 @@ def entmax_u_u2_of(b_x, pm1, KIND: tl.constexpr, NEED_U2: tl.constexpr, b_r=None
             else:
                 b_l = log2_near1(b_xl)
         else:
-            b_l = tl.log2(b_xl)
+            b_l = log2_of(b_xl, FROM_R)
         if NEED_U2:
             # one exp2 for both, u = u2 x: two exp2 would make three special-function ops per element, which bound
             # these passes
@@ -363,7 +392,7 @@ def entmax_log2_of(b_x, pm1, KIND: tl.constexpr, b_r=None, FROM_R: tl.constexpr 
     elif KIND == POW_ANY:
         b_l = entmax_log2(b_x, pm1, b_r, FROM_R)
     else:
-        b_l = tl.log2(b_x)
+        b_l = log2_of(b_x, FROM_R)
     return b_l
 
 

@@ -63,7 +63,7 @@ def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> di
             sig[n] = "constexpr"
         elif n in POINTERS or n in SCALARS:
             sig[n] = POINTERS.get(n) or SCALARS[n]
-        elif n.startswith("stride") or n in ("NQ", "NK", "W", "NMB", "NKB"):
+        elif n.startswith("stride") or n in ("NQ", "NK", "W", "NMB", "NKB", "HG"):
             sig[n] = "i32"
         else:
             sig[n] = "*" + dtype

@@ -109,7 +109,7 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
 
     passes = {"loop": [], "fold": []}
     listed = []  # per block: the share of its visible tiles in the tau passes' candidate list (a gap above thr)
-    o_loop, o_fold, o2_fold = np.zeros_like(o_ex), np.zeros_like(o_ex), np.zeros_like(o_ex)
+    o_loop, o_fold, o2_fold, o_norm = (np.zeros_like(o_ex) for _ in range(4))
     for b0 in range(0, n, bm):
         zb = z[b0:b0 + bm]
         t, t_lo, t_hi = -np.ones(len(zb)), -np.ones(len(zb)), np.zeros(len(zb))
@@ -143,10 +143,12 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
         s0, s1, _, x, u = sums(zb, hist[passes["fold"][-1]])
         o_fold[b0:b0 + bm] = (u * x) @ v - ((s0 - 1) / s1)[:, None] * (u @ v)
         o2_fold[b0:b0 + bm] = (u @ v) / s1[:, None]
+        o_norm[b0:b0 + bm] = (u * x) @ v / s0[:, None]
     scale = np.abs(o_ex).max()
     return {"passes_loop": np.mean(passes["loop"]), "passes_fold": np.mean(passes["fold"]),
             "err_loop": np.abs(o_loop - o_ex).max() / scale, "err_fold": np.abs(o_fold - o_ex).max() / scale,
-            "o2_err_fold": np.abs(o2_fold - o2_ex).max(), "tiles_listed": np.mean(listed)}
+            "o2_err_fold": np.abs(o2_fold - o2_ex).max(), "err_norm": np.abs(o_norm - o_ex).max() / scale,
+            "tiles_listed": np.mean(listed)}
 
 
 def main():

@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=4 / 3)
     p.add_argument("--learn-alpha", action="store_true", help="alpha with a gradient (default: frozen)")
     p.add_argument("--alpha-grid", action="store_true", help="tell the kernels alpha is on the grid (a snapped alpha)")
+    p.add_argument("--alpha-float", action="store_true",
+                   help="alpha as a Python float, as the bench passes it (1.5 and 2: the tau kernel's square_solve)")
     p.add_argument("--variant", action="append", default=[], help="Tiles overrides, repeatable (default: default)")
     p.add_argument("--rep", type=int, default=20, help="do_bench repetitions (ms)")
     p.add_argument("--pos", type=float, default=0.0, help="input family: 0 random, > 0 local (cli.bench)")
@@ -81,8 +83,10 @@ def main(argv=None) -> int:
     def sdpa():
         return F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
 
+    a = args.alpha if args.alpha_float and not args.learn_alpha else alpha
+
     def ours():
-        return adasplash_attention_triton(q, k, v, alpha, is_causal=True, alpha_grid=args.alpha_grid)
+        return adasplash_attention_triton(q, k, v, a, is_causal=True, alpha_grid=args.alpha_grid)
 
     with torch.no_grad():
         sf = bench(sdpa)

@@ -358,9 +358,9 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
 @pytest.mark.parametrize("causal", [True, False])
 def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dtype, nq, nk):
     # the scan's unmasked loops (tiles inside every boundary; the row max taken before the scale) and the causal
-    # longest-first launch order (forward and backward) against the single masked loop in grid order: identical gaps,
-    # tau rows, tile lists, outputs and gradients. Nq != Nk and ragged key tiles put the diagonal and the last tile
-    # mid-block; with Nq > Nk the first causal rows see no key at all
+    # longest-first launch order (forward and backward, in groups of heads) against the single masked loop in grid
+    # order: identical gaps, tau rows, tile lists, outputs and gradients. Nq != Nk and ragged key tiles put the
+    # diagonal and the last tile mid-block; with Nq > Nk the first causal rows see no key at all
     from hf_adasplash.cli.bench import make_inputs
     from hf_adasplash.ops import tiling
 
@@ -369,14 +369,23 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
     q, k, v = (t[:, :, :n].clone().requires_grad_() for t, n in ((q, nq), (k, nk), (v, nk)))
     a = _alpha((1.0, 1.25, 1.5, 2.0), 4)
     runs = {}
-    for split, heavy in ((0, False), (1, True), (2, False), (2, True)):
-        variant = dataclasses.replace(tiling.tiles(32), scan_split=split, heavy_first=heavy, bwd_heavy_first=heavy)
+    real_group = attention_ops.heavy_group
+    # longest-first in groups of heads: one group (HG = B x H), two KV heads' query heads (a 1 KiB budget holds one
+    # KV head: HG = 2), and 3 of the 4 heads (a ragged last group)
+    for split, heavy, group in ((0, False, None), (1, True, None), (2, False, None), (2, True, None),
+                                (2, True, 1), (1, True, "ragged")):
+        variant = dataclasses.replace(tiling.tiles(32), scan_split=split, heavy_first=heavy, bwd_heavy_first=heavy,
+                                      heavy_group_kib=0 if group is None else 1)
         monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
+        monkeypatch.setattr(attention_ops, "heavy_group",
+                            (lambda *a: 3) if group == "ragged" else real_group)
         fwd = torch.ops.hf_adasplash.attn_fwd(q.detach(), k.detach(), v.detach(), a.detach(), None, None, None, None,
                                               None, nq, nk, causal, 32**-0.5, -1, 0.0, True, True)
         out = adasplash_attention_triton(q, k, v, a, is_causal=causal)
-        runs[split, heavy] = (fwd, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
-    fwd_0, g_0 = runs.pop((0, False))
+        runs[split, heavy, group] = (fwd, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
+    assert real_group(tiling.tiles(32), 4, 2, nk, 32, q.element_size()) == 4  # the default: one group here
+    assert real_group(dataclasses.replace(tiling.tiles(32), heavy_group_kib=1), 4, 2, nk, 32, 4) == 2
+    fwd_0, g_0 = runs.pop((0, False, None))
     assert fwd_0[6].numel() > 1 and (fwd_0[8] < fwd_0[5].shape[-1]).any()  # several blocks; some tiles skipped
     for fwd, g in runs.values():
         for name, x, y in zip(["o", "o2", "tau", "ent", "o3", "gap", "thr", "idx", "cnt"], fwd, fwd_0):

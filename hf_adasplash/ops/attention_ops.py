@@ -28,6 +28,7 @@ from hf_adasplash.ops.tiling import (
     dkv_launch_args,
     dq_launch_args,
     fold_args,
+    heavy_group,
     scan_launch_args,
     solve_launch_args,
     solve_settings,
@@ -201,6 +202,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     heavy_first = t.heavy_first and common["IS_CAUSAL"]
     grid = (B * Hq, NMB) if heavy_first else (NMB, B * Hq)
     common["HEAVY_FIRST"] = heavy_first
+    common["HG"] = heavy_group(t, B * Hq, Hq // Hkv, NK, D, q.element_size()) if heavy_first else 1
     if t.scan:
         plan.steps.append(Step(adasplash_fwd_scan_kernel, grid, dict(
             **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, TOPK=topk, **scan_launch_args(t),
@@ -339,6 +341,7 @@ def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NMQ * B * Hq, q.device)
     plan.steps.append(Step(adasplash_bwd_kernel_dq, (B * Hq, NMQ) if heavy else (NMQ, B * Hq), dict(
         BNS=t.BNS, BMQ=t.BMQ, NEED_DALPHA=need_dalpha, O3_FWD=t.o3_fwd, HEAVY_FIRST=heavy,
+        HG=heavy_group(t, B * Hq, Hq // Hkv, NK, D, q.element_size()) if heavy else 1,
         **{**common, **dq_launch_args(t)},
     ), {"o": "o", "o2": "o2", "o3": "o3", "do": "do", "dq": "dq", "ent": "ent", "dalpha_row": "dalpha_row",
         "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))

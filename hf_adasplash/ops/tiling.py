@@ -63,6 +63,8 @@ class Tiles:
     # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19)
     tile_max_start: int = 0
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
+    # ...in groups of heads whose K and V fit this many KiB (of the H100's 50 MiB L2; ``heavy_group``); 0: one group
+    heavy_group_kib: int = 32768
     # causal dq and dk/dv: likewise the query blocks / key blocks with the most tiles, when the grid is short
     # (``bwd_heavy_first``)
     bwd_heavy_first: bool = True
@@ -113,10 +115,12 @@ def tiles(head_dim: int) -> Tiles:
     # and learned-alpha shapes, bit-identical; the same cap on dk/dv (229 registers) made it 1.2-3x slower.
     # v19 (NOTES): the tau loop from the 4 largest tile maxima at D <= 128: dense inference forward -19 to -29%,
     # learning-alpha fwd+bwd -7%; the scan +5 to +18% (local 16k inference +2.5 to +5%).
+    # v20 (NOTES): the tau kernel capped at 128 registers at D = 64 (4 programs per SM), as it compiled before the
+    # grouped longest-first order (without the cap ptxas then took 177; with it, 123 and nothing spills).
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4)
+                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4, solve_maxnreg=128)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 32, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64, tile_max_start=4)
@@ -164,7 +168,8 @@ def solve_settings(t: Tiles, alpha_square: bool, alpha_grid: bool) -> Tiles:
         return dataclasses.replace(t, solve_bn=bn, solve_bn_square=bn, solve_warps=warps, solve_late_sum=late,
                                    solve_maxnreg=maxnreg)
     if (alpha_square or alpha_grid) and t.grid_solve_bn:
-        return dataclasses.replace(t, solve_bn_square=t.grid_solve_bn)
+        # uncapped: the wide slices need 214 registers at D = 64 (at 128 they spill ~300 instructions' worth)
+        return dataclasses.replace(t, solve_bn_square=t.grid_solve_bn, solve_maxnreg=0)
     return t
 
 
@@ -185,6 +190,19 @@ def _sm_count(device_index: int) -> int:
     import torch
 
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def heavy_group(t: Tiles, bh: int, group: int, nk: int, d: int, elem: int) -> int:
+    """Heads of the batch x head axis per longest-first group (``query_block``'s ``HG``): the query heads of as many
+    KV heads as ``t.heavy_group_kib`` KiB hold K and V for (at least one); all ``bh`` when 0.
+
+    One group, every head's heaviest block at once, kept no K/V in L2: ncu put the dense causal 4k forward's output
+    kernel at a 7.6% L2 hit rate, its K/V reads at DRAM speed (H100, bench/NOTES.md v20).
+    """
+    if not t.heavy_group_kib:
+        return bh
+    kv_heads = max(1, (t.heavy_group_kib << 10) // max(1, nk * d * elem * 2))
+    return max(1, min(bh, kv_heads * group))
 
 
 def bwd_heavy_first(t: Tiles, causal: bool, programs: int, device) -> bool:
