@@ -83,8 +83,11 @@ def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> di
     m = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
     if m is None:
         raise RuntimeError(f"unexpected cuobjdump output: {usage[:300]}")
+    # special-function log2s (half precision's general power: attn_utils.log2_of) and libdevice's log2f
+    ptx = compiled.asm["ptx"]
     return {"regs": int(m.group(1)), "stack_bytes": int(m.group(2)), "stl": sass.count(" STL"),
-            "ldl": sass.count(" LDL")}
+            "ldl": sass.count(" LDL"), "lg2_approx": ptx.count("lg2.approx"),
+            "libdevice_log2": ptx.count("__nv_log2f.exit")}
 
 
 def _opts(warps: int, stages: int) -> dict:

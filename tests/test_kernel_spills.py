@@ -54,3 +54,21 @@ def test_spill_report_compiles_the_fp32_kernels(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["kernel"] for r in rows] == ["dq fixed alpha"] and rows[0]["regs"] > 0
+
+
+def test_half_precision_general_power_takes_the_hardware_log2(tmp_path):
+    # bf16/fp16 passes take lg2.approx (one special-function op) where libdevice's log2f costs ~25 instructions per
+    # element; fp32, the accuracy path, keeps libdevice (attn_utils.log2_of)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    counts = {}
+    for dtype in ("bf16", "fp32"):
+        out = tmp_path / f"{dtype}.json"
+        run = subprocess.run([sys.executable, str(SCRIPT), "--head-dims", "64", "--kernels", "alpha learns",
+                              "--dtype", dtype, "--json", str(out)], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-2000:]
+        (row,) = json.loads(out.read_text())["rows"]
+        counts[dtype] = row["lg2_approx"], row["libdevice_log2"]
+    assert counts["bf16"][0] > 0 and counts["fp32"][0] == 0, counts
+    # libdevice stays only in per-row steps in bf16; fp32 takes it per element in every alpha class's loop
+    assert counts["bf16"][1] < counts["fp32"][1], counts
