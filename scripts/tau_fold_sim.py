@@ -5,7 +5,8 @@ Follows the kernel's rules per query block: start at m - 1, Halley steps bracket
 every row's step is below the tolerance (bf16/fp16: 2^-6 scaled towards alpha = 1 and 2; fp32: 2^-12). The fold
 variant stops at the first pass (from the second on) whose steps are all below ``mult`` x the tolerance, then
 makes the output pass's first-order step. Prints passes per block and the output / O2 / tau errors against the
-exact entmax, for random causal inputs (``--temp`` scales the scores).
+exact entmax, for random causal inputs (``--temp`` scales the scores). ``err_norm``: the output at the fold's stop
+normalised by sum p instead of folded, which would spare the output pass its U V dot (NOTES v20: too coarse).
 
     python scripts/tau_fold_sim.py --alphas 1.25,1.5,1.75 --mult 16
 
