@@ -395,6 +395,17 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
             assert torch.equal(x, y)
 
 
+def test_heavy_groups_hold_the_kv_heads_that_fit_the_l2_budget():
+    # longest-first groups (query_block's HG): the query heads of as many KV heads as the budget holds K and V for
+    from hf_adasplash.ops import tiling
+
+    t = tiling.tiles(64)
+    assert tiling.heavy_group(t, 128, 1, 4096, 64, 2) == 32  # 1 MiB of K/V per head, 32 MiB
+    assert tiling.heavy_group(t, 36, 3, 4096, 64, 2) == 36  # 32 KV heads x 3 query heads each: every head
+    assert tiling.heavy_group(t, 64, 4, 1 << 20, 128, 2) == 4  # one KV head does not fit: its query heads alone
+    assert tiling.heavy_group(dataclasses.replace(t, heavy_group_kib=0), 128, 1, 4096, 64, 2) == 128  # one group
+
+
 def test_fp32_heads_near_alpha_1_keep_x_minus_1_exact():
     # at alpha = 1.0001, p = x^(1/(alpha-1)) multiplies x's rounding near 1 (6e-8 in fp32) by 1e4: such heads carry
     # tau from m - 1, so r = x - 1 is exact and the power takes log1p(r). Output and dq/dk/dv then match float64
