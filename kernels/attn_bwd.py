@@ -136,7 +136,9 @@ def adasplash_bwd_kernel_dq(
         b_ds = softcap_grad(b_z, b_u * (b_dp - b_delta[:, None]), softcap, zs, HAS_SOFTCAP)
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=DOT_PREC)
         if NEED_DALPHA and not O3_FWD:
-            b_spl += tl.sum(tl.where(b_x > 0, b_dp * b_u * b_x * entmax_log2(b_x, pm1, b_r, from_r), 0.0), 1)
+            # u > 0 as well: the hardware log2 of a subnormal x is -inf, where u is 0 (attn_utils.log2_of)
+            b_spl += tl.sum(tl.where((b_x > 0) & (b_u > 0), b_dp * b_u * b_x * entmax_log2(b_x, pm1, b_r, from_r),
+                                     0.0), 1)
     if NEED_DALPHA and not O3_FWD:
         dalpha_rows(o, ent, dalpha_row, p_orow, p_row, m_qd, m_row, b_do, b_delta, b_spl, b_tau, a_m1, is_soft)
     tl.store(dq + p_qrow, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)

@@ -581,7 +581,11 @@ def output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d,
         b_x, b_u, b_p = entmax_xup(x_of_r(b_r, anchor, DOT_PREC), pm1, is_soft, KIND, b_r, DOT_PREC == "ieee")
         if KIND != POW_SOFTMAX:
             if NEED_ENT:
-                b_pl = tl.where(b_x > 0, b_p * entmax_log2_of(b_x, pm1, KIND, b_r, DOT_PREC == "ieee"), 0.0)
+                # p > 0, not x > 0: the hardware log2 of a subnormal x is -inf, where p is 0 (attn_utils.log2_of)
+                on = b_p > 0
+                if KIND == POW_ANY:
+                    on = on & (b_x > 0)  # its softmax heads have p > 0 at x <= 0
+                b_pl = tl.where(on, b_p * entmax_log2_of(b_x, pm1, KIND, b_r, DOT_PREC == "ieee"), 0.0)
                 b_ent += tl.sum(b_pl, 1)
                 if O3_FWD:
                     b_o3 += tl.dot(b_pl.to(b_v.dtype), b_v, input_precision=DOT_PREC)

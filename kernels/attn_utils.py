@@ -271,7 +271,11 @@ def x_of_r(b_r, anchor, DOT_PREC: tl.constexpr):
 
 @triton.jit
 def log2_of(b_x, EXACT: tl.constexpr):
-    """log2(x): libdevice's where ``EXACT`` (fp32 inputs), else the hardware approximation (``FAST_LOG2``)."""
+    """log2(x): libdevice's where ``EXACT`` (fp32 inputs), else the hardware approximation (``FAST_LOG2``).
+
+    The hardware op flushes subnormal x to zero (log2 = -inf): harmless in a power (exp2(-inf) = 0), but a product
+    ``p log2 x`` would be 0 * -inf = NaN there, so the entropy terms mask on p > 0 (p is 0 at such x), not x > 0.
+    """
     if EXACT or not FAST_LOG2:
         b_l = tl.log2(b_x)
     else:
