@@ -125,7 +125,8 @@ def cases(D: int, t, fp32: bool = False):
     fwd["SOLVED"] = solve
     cap = 2 if fp32 else 99
     fwd_opts = _opts(t.fwd_warps, min(t.fwd_stages, cap))
-    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), fwd_opts
+    infer_opts = dict(fwd_opts, **({"maxnreg": t.fwd_infer_maxnreg} if t.fwd_infer_maxnreg else {}))
+    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), infer_opts
     yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), fwd_opts
     yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
            _opts(t.fwd_ent_warps or t.fwd_warps, min(t.fwd_ent_stages or t.fwd_stages, cap)))

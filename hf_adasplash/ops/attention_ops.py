@@ -221,6 +221,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
         num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
+        **({"maxnreg": t.fwd_infer_maxnreg} if t.fwd_infer_maxnreg and not need_bwd else {}),
     ), {"q": "q", "k": "k", "v": "v", "o": "o", "o2": "o2", "o3": "o3", "tau": "scratch", "ent": "ent",
         "tile_thr": "tile_thr", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
     return plan

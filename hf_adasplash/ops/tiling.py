@@ -34,6 +34,9 @@ class Tiles:
     # (BMS, dkv stages, dkv register cap) when the dk/dv kernel loops over several query heads per KV head (GQA);
     # 0s: as above
     gqa_dkv: tuple[int, int, int] = (0, 0, 0)
+    # register cap of the main forward kernel at inference (0: the compiler's choice, 220 at D = 64); 128 would put
+    # two 8-warp programs on an SM (ptxas: 240 B of stack then). Untimed (NOTES v20)
+    fwd_infer_maxnreg: int = 0
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
