@@ -43,6 +43,7 @@ from hf_adasplash.kernels.attn_utils import (
     compact,
     dot_to_z,
     entmax_log2_of,
+    entmax_u,
     entmax_u_u2_of,
     entmax_xup,
     is_int_power,
@@ -69,7 +70,6 @@ SOFT_SKIP = tl.constexpr(150.0)  # exp2(-150) == 0 in fp32: softmax tiles this f
 # right of their root, and a start above tau would pin the loop there
 START_MARGIN = tl.constexpr(1.52587890625e-05)  # 2^-16
 START_NEWTON = tl.constexpr(3)  # Newton steps of that start
-MIN_X = tl.constexpr(1.1754943508222875e-38)
 
 
 @triton.jit
@@ -114,14 +114,16 @@ def load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh, stri
 
 
 @triton.jit
-def scan_gap(b_t, b_m, m_row, p_gap, i_t, MAYBE_EMPTY: tl.constexpr):
-    """Stores tile ``i_t``'s gap from its row maxima ``b_t`` and returns the updated running row max."""
+def scan_gap(b_t, b_m, b_t2, b_t3, b_t4, m_row, p_gap, i_t, MAYBE_EMPTY: tl.constexpr, TOPK: tl.constexpr):
+    """Stores tile ``i_t``'s gap from its row maxima ``b_t``; returns the updated running row max and 2nd to
+    ``TOPK``-th largest tile maxima (``top_insert``)."""
+    b_t2, b_t3, b_t4 = top_insert(b_t2, b_t3, b_t4, tl.minimum(b_m, b_t), TOPK)
     b_mn = tl.maximum(b_m, b_t)
     ok = m_row
     if MAYBE_EMPTY:
         ok = ok & (b_t > float("-inf"))
     tl.store(p_gap + i_t, tl.max(tl.where(ok, b_t - b_mn, float("-inf")), 0))
-    return b_mn
+    return b_mn, b_t2, b_t3, b_t4
 
 
 @triton.jit
@@ -150,8 +152,16 @@ def top_insert(b_t2, b_t3, b_t4, b_x, TOPK: tl.constexpr):
 def start_terms(b_d, b_t, pm1):
     """(x^p, x^(p-1)) of one tile max at offset ``b_d`` from the row max, for tau - m = ``b_t`` (0 off the support)."""
     b_x = tl.maximum(b_d - b_t, 0.0)
-    b_u = tl.where(b_x > 0, tl.exp2(pm1 * tl.log2(tl.maximum(b_x, MIN_X))), 0.0)
+    b_u = entmax_u(b_x, pm1)
     return b_u * b_x, b_u
+
+
+@triton.jit
+def newton_step(b_s0, b_s1, a_m1):
+    """Newton's step on the convex decreasing ``h(tau) = (sum x^p)^(alpha-1) - 1`` from the sums S0 = sum x^p and
+    S1 = sum x^(p-1) (> 0) at tau: ``(S0 - S0^(2-alpha)) / S1``. It lands left of the root from any point, and is exact
+    when the support is a set of equal scores."""
+    return (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1
 
 
 @triton.jit
@@ -184,8 +194,7 @@ def tile_max_start(b_m, b_t2, b_t3, b_t4, a_m1, pm1, NEWTON: tl.constexpr, TOPK:
             b_a, b_b = start_terms(b_d4, b_t, pm1)
             b_s0 += b_a
             b_s1 += b_b
-        step = (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / tl.where(b_s1 > 0, b_s1, 1.0)
-        b_t = tl.where(ok & (b_s1 > 0), b_t + step, b_t)
+        b_t = tl.where(ok & (b_s1 > 0), b_t + newton_step(b_s0, tl.where(b_s1 > 0, b_s1, 1.0), a_m1), b_t)
     return tl.maximum(b_t - START_MARGIN, -1.0)
 
 
@@ -200,9 +209,7 @@ def scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i0, i1
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
                                 kpm_base, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                 HAS_SOFTCAP, DOT_PREC)
-        b_t = tl.max(b_z, 1)
-        b_t2, b_t3, b_t4 = top_insert(b_t2, b_t3, b_t4, tl.minimum(b_m, b_t), TOPK)
-        b_m = scan_gap(b_t, b_m, m_row, p_gap, n0 // BN, True)
+        b_m, b_t2, b_t3, b_t4 = scan_gap(tl.max(b_z, 1), b_m, b_t2, b_t3, b_t4, m_row, p_gap, n0 // BN, True, TOPK)
     return b_m, b_t2, b_t3, b_t4
 
 
@@ -225,8 +232,7 @@ def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, b_t2, b
             b_t = tl.max(dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP, DOT_PREC), 1)
         else:
             b_t = dot_to_z(tl.max(b_s, 1), scale, softcap, zs, HAS_SOFTCAP, DOT_PREC)
-        b_t2, b_t3, b_t4 = top_insert(b_t2, b_t3, b_t4, tl.minimum(b_m, b_t), TOPK)
-        b_m = scan_gap(b_t, b_m, m_row, p_gap, lo // BN + i_t, False)
+        b_m, b_t2, b_t3, b_t4 = scan_gap(b_t, b_m, b_t2, b_t3, b_t4, m_row, p_gap, lo // BN + i_t, False, TOPK)
     return b_m, b_t2, b_t3, b_t4
 
 
@@ -426,7 +432,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
             # Newton on h: exact when the support is a set of equal scores; lands left of the root from any point
-            b_dn = tl.where(ok, (b_s0 - tl.exp2((1.0 - a_m1) * tl.log2(b_s0))) / b_s1, 0.0)
+            b_dn = tl.where(ok, newton_step(b_s0, b_s1, a_m1), 0.0)
             b_lo = tl.where(ok, tl.maximum(b_lo, b_tau + b_dn), b_lo)
             b_sc = tl.maximum(tl.abs(b_lo), 1.0)
             tol_it = tl.where(it > 0, tol_fold, tol_first)
