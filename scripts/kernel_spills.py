@@ -33,6 +33,7 @@ from hf_adasplash.ops.tiling import (
     MAX_TAU_ITERS,
     dkv_launch_args,
     dq_launch_args,
+    fwd_launch_args,
     scan_launch_args,
     solve_launch_args,
     solve_settings,
@@ -85,7 +86,8 @@ def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> di
         raise RuntimeError(f"unexpected cuobjdump output: {usage[:300]}")
     # special-function log2s (half precision's general power: attn_utils.log2_of) and libdevice's log2f
     ptx = compiled.asm["ptx"]
-    return {"regs": int(m.group(1)), "stack_bytes": int(m.group(2)), "stl": sass.count(" STL"),
+    return {"regs": int(m.group(1)), "stack_bytes": int(m.group(2)), "smem_bytes": compiled.metadata.shared,
+            "stl": sass.count(" STL"),
             "ldl": sass.count(" LDL"), "lg2_approx": ptx.count("lg2.approx"),
             "libdevice_log2": ptx.count("__nv_log2f.exit")}
 
@@ -123,13 +125,10 @@ def cases(D: int, t, fp32: bool = False):
                        solve_launch_args(ts))
     fwd["SCANNED"] = t.scan
     fwd["SOLVED"] = solve
-    cap = 2 if fp32 else 99
-    fwd_opts = _opts(t.fwd_warps, min(t.fwd_stages, cap))
-    infer_opts = dict(fwd_opts, **({"maxnreg": t.fwd_infer_maxnreg} if t.fwd_infer_maxnreg else {}))
-    yield "fwd inference", adasplash_fwd_kernel, dict(fwd, NEED_BWD=False, NEED_ENT=False), infer_opts
-    yield "fwd fixed alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=False), fwd_opts
-    yield ("fwd learnable alpha", adasplash_fwd_kernel, dict(fwd, NEED_BWD=True, NEED_ENT=True),
-           _opts(t.fwd_ent_warps or t.fwd_warps, min(t.fwd_ent_stages or t.fwd_stages, cap)))
+    for name, need_bwd, need_ent in (("fwd inference", False, False), ("fwd fixed alpha", True, False),
+                                     ("fwd learnable alpha", True, True)):
+        yield (name, adasplash_fwd_kernel, dict(fwd, NEED_BWD=need_bwd, NEED_ENT=need_ent),
+               fwd_launch_args(t, need_bwd, need_ent, fp32))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd, HEAVY_FIRST=t.bwd_heavy_first)
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
     yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), dq_launch_args(t)
@@ -165,7 +164,8 @@ def main(argv=None) -> int:
                    **spills(kernel, constexprs, options, args.arch, args.dtype)}
             rows.append(row)
             print(f"D={D:<4d} {name:22s} warps {warps} stages {stages}: {row['regs']} regs, "
-                  f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL", flush=True)
+                  f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL, "
+                  f"{row['smem_bytes'] / 1024:.1f} KiB shared", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"arch": args.arch, "triton": triton.__version__, "rows": rows},
                                               indent=1))

@@ -406,6 +406,20 @@ def test_heavy_groups_hold_the_kv_heads_that_fit_the_l2_budget():
     assert tiling.heavy_group(dataclasses.replace(t, heavy_group_kib=0), 128, 1, 4096, 64, 2) == 128  # one group
 
 
+def test_inference_forward_takes_its_own_register_cap_and_stages():
+    # two main-forward programs per SM at inference (bench/NOTES.md v21); training and fp32 keep their settings
+    from hf_adasplash.ops import tiling
+
+    t = dataclasses.replace(tiling.tiles(64), fwd_warps=8, fwd_stages=4, fwd_ent_warps=8, fwd_ent_stages=3,
+                            fwd_infer_maxnreg=128, fwd_infer_stages=2)
+    assert tiling.fwd_launch_args(t, False, False, False) == {"num_warps": 8, "num_stages": 2, "maxnreg": 128}
+    assert tiling.fwd_launch_args(t, True, False, False) == {"num_warps": 8, "num_stages": 4}
+    assert tiling.fwd_launch_args(t, True, True, False) == {"num_warps": 8, "num_stages": 3}
+    assert tiling.fwd_launch_args(t, False, False, True) == {"num_warps": 8, "num_stages": 2}  # fp32: no cap
+    t0 = dataclasses.replace(t, fwd_infer_maxnreg=0, fwd_infer_stages=0)
+    assert tiling.fwd_launch_args(t0, False, False, False) == {"num_warps": 8, "num_stages": 4}
+
+
 def test_fp32_heads_near_alpha_1_keep_x_minus_1_exact():
     # at alpha = 1.0001, p = x^(1/(alpha-1)) multiplies x's rounding near 1 (6e-8 in fp32) by 1e4: such heads carry
     # tau from m - 1, so r = x - 1 is exact and the power takes log1p(r). Output and dq/dk/dv then match float64

@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 import torch
+from triton.runtime.errors import OutOfResources
 
 from hf_adasplash.ops import launch as L
 
@@ -150,3 +151,54 @@ def test_a_plan_step_takes_no_fixed_tensor():
 
     with pytest.raises(TypeError, match="must be named in `tensors`"):
         Step(object(), (1,), {"x": torch.zeros(1)}, {})
+
+
+class SmallSharedMemoryJit(FakeJit):
+    """A kernel whose shared memory fits the device only at ``fits`` stages or fewer (Triton refuses the launch)."""
+
+    def __init__(self, params, fits, resource="shared memory"):
+        super().__init__(params)
+        self.fits, self.resource, self.tried = fits, resource, []
+
+    def __getitem__(self, grid):
+        run = super().__getitem__(grid)
+
+        def checked(**kwargs):
+            self.tried.append(kwargs.get("num_stages"))
+            if kwargs.get("num_stages", 3) > self.fits:
+                raise OutOfResources(80 * 1024 * kwargs["num_stages"], 227 * 1024, self.resource)
+            return run(**kwargs)
+        return checked
+
+
+@pytest.mark.parametrize("cached", ["1", "0"])
+def test_a_launch_drops_pipeline_stages_until_its_shared_memory_fits(jit, monkeypatch, cached):
+    # Triton 3.8+ compiles the forward's per-class loops with their own stage buffers (bench/NOTES.md v21): a launch
+    # Triton refuses for shared memory runs again with one stage less, remembered per kernel and settings
+    monkeypatch.setenv(L.ENV, cached)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(L, "_launchers", {})
+    monkeypatch.setattr(L, "_stages_that_fit", {})
+    small = SmallSharedMemoryJit(jit.params, fits=2)
+    args = {"x": torch.zeros(64), "n": 1, "stride": 32, "scale": 0.5, "BD": 64, "num_warps": 8, "num_stages": 4}
+    with pytest.warns(RuntimeWarning, match="shared memory at 4 stages.*runs with 2"):
+        L.launch(small, (1,), **args)
+    assert small.tried == [4, 3, 2] and small.jit_launches[-1]["num_stages"] == 2
+    L.launch(small, (1,), **args)  # remembered (JIT path) or the compiled kernel reused (cached path)
+    assert small.tried == [4, 3, 2] + ([] if cached == "1" else [2])
+    with pytest.warns(RuntimeWarning):  # other settings: tried from their own stages again
+        L.launch(small, (1,), **{**args, "BD": 128})
+    assert small.tried[-3:] == [4, 3, 2]
+
+
+def test_a_launch_refused_for_other_resources_or_at_one_stage_raises(jit, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(L, "_launchers", {})
+    monkeypatch.setattr(L, "_stages_that_fit", {})
+    args = {"x": torch.zeros(64), "n": 1, "stride": 32, "scale": 0.5, "BD": 64, "num_stages": 3}
+    with pytest.raises(OutOfResources, match="registers"):
+        L.launch(SmallSharedMemoryJit(jit.params, fits=1, resource="registers"), (1,), **args)
+    never = SmallSharedMemoryJit(jit.params, fits=0)
+    with pytest.raises(OutOfResources, match="shared memory"):
+        L.launch(never, (1,), **args)
+    assert never.tried == [3, 2, 1]

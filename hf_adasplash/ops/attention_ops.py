@@ -28,6 +28,7 @@ from hf_adasplash.ops.tiling import (
     dkv_launch_args,
     dq_launch_args,
     fold_args,
+    fwd_launch_args,
     heavy_group,
     scan_launch_args,
     solve_launch_args,
@@ -220,8 +221,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         **_io_strides(strides, q=q, k=k, v=table["v"], o=o), **common, **fold_args(t), FOLD=t.fold,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
-        num_warps=(need_ent and t.fwd_ent_warps) or t.fwd_warps, num_stages=_fwd_stages(t, need_ent, q),
-        **({"maxnreg": t.fwd_infer_maxnreg} if t.fwd_infer_maxnreg and not need_bwd else {}),
+        **fwd_launch_args(t, need_bwd, need_ent, q.element_size() == 4),
     ), {"q": "q", "k": "k", "v": "v", "o": "o", "o2": "o2", "o3": "o3", "tau": "scratch", "ent": "ent",
         "tile_thr": "tile_thr", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
     return plan
@@ -229,12 +229,6 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
 
 attn_fwd = torch.library.custom_op("hf_adasplash::attn_fwd", attn_fwd_impl, mutates_args=(),
                                    device_types=("cuda", "cpu"))
-
-
-def _fwd_stages(t, need_ent, q):
-    stages = (need_ent and t.fwd_ent_stages) or t.fwd_stages
-    # fp32 tiles take twice the shared memory: at D = 128 three stages need 256 KiB (H100: 227 KiB)
-    return min(stages, 2) if q.element_size() == 4 else stages
 
 
 @attn_fwd.register_fake

@@ -11,8 +11,11 @@ loading it). Bit-identical to the JIT's launches; a SmolLM2 training step took 1
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
+import triton
+from triton.runtime.errors import OutOfResources
 
 ENV = "HF_ADASPLASH_CACHED_LAUNCH"
 _I32 = (-(2**31), 2**31 - 1)
@@ -135,7 +138,7 @@ class CachedLauncher:
         key, values = self.key_and_values(kwargs)
         kernel = self.compiled.get(key)
         if kernel is None:
-            self.compiled[key] = self.jit[grid](**kwargs)
+            self.compiled[key] = launch_fitting(self.jit, grid, kwargs)
             return
         kernel[tuple(grid) + (1,) * (3 - len(grid))](*values)
 
@@ -176,10 +179,58 @@ def bind(jit_fn, grid, kwargs: dict, tensors: dict[str, str]) -> Bound | None:
     return launcher.bind(grid, kwargs, tensors)
 
 
+# (kernel, device, constexpr arguments, launch options) -> the pipeline stages its shared memory fits in
+_stages_that_fit: dict = {}
+
+
+def _stages_key(jit_fn, kwargs: dict):
+    consts = tuple((p.name, kwargs.get(p.name, p.default)) for p in jit_fn.params if p.is_constexpr)
+    names = {p.name for p in jit_fn.params}
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
+    return jit_fn, torch.cuda.current_device(), consts, options
+
+
+def launch_fitting(jit_fn, grid, kwargs: dict):
+    """``jit_fn[grid](**kwargs)`` (returns the compiled kernel), with fewer pipeline stages where the kernel compiled
+    with ``num_stages`` needs more shared memory than the device has.
+
+    Triton 3.8 and 3.9 give each alpha class's output loop in the main forward its own stage buffers (3.6 and 3.7
+    share them): 336 KiB at D = 64 with 4 stages and 512 KiB at D = 128 with 3, against the H100's 227 KiB
+    (``scripts/kernel_spills.py``, bench/NOTES.md v21). Triton refuses such a launch before it starts; it runs here
+    with one stage less at a time, remembered per kernel and settings, and a warning names what changed.
+    """
+    key = _stages_key(jit_fn, kwargs)
+    fit = _stages_that_fit.get(key)
+    if fit is not None:
+        kwargs = {**kwargs, "num_stages": fit}
+    first = None
+    while True:
+        try:
+            compiled = jit_fn[grid](**kwargs)
+        except OutOfResources as err:
+            stages = kwargs.get("num_stages") or 3  # Triton's default
+            if err.name != "shared memory" or stages <= 1:
+                raise
+            first = first or (err, stages)
+            kwargs = {**kwargs, "num_stages": stages - 1}
+            continue
+        if first is not None:
+            err, stages = first
+            _stages_that_fit[key] = kwargs["num_stages"]
+            warnings.warn(f"{getattr(jit_fn, '__name__', 'kernel')}: {err.required} B of shared memory at {stages} "
+                          f"stages, {err.limit} B on this device; it runs with {kwargs['num_stages']} "
+                          f"(triton {triton.__version__})", RuntimeWarning, stacklevel=3)
+        return compiled
+
+
 def launch(jit_fn, grid, **kwargs) -> None:
-    """``jit_fn[grid](**kwargs)``, through :class:`CachedLauncher` on CUDA unless ``HF_ADASPLASH_CACHED_LAUNCH=0``."""
-    if not cached_launch_enabled() or not hasattr(jit_fn, "params") or not torch.cuda.is_available():
+    """``jit_fn[grid](**kwargs)``, through :class:`CachedLauncher` on CUDA unless ``HF_ADASPLASH_CACHED_LAUNCH=0``;
+    on CUDA with as many pipeline stages as fit (:func:`launch_fitting`)."""
+    if not hasattr(jit_fn, "params") or not torch.cuda.is_available():
         jit_fn[grid](**kwargs)
+        return
+    if not cached_launch_enabled():
+        launch_fitting(jit_fn, grid, kwargs)
         return
     launcher = _launchers.get(jit_fn)
     if launcher is None:
@@ -187,4 +238,4 @@ def launch(jit_fn, grid, **kwargs) -> None:
     if launcher.usable:
         launcher(grid, **kwargs)
     else:
-        jit_fn[grid](**kwargs)
+        launch_fitting(jit_fn, grid, kwargs)

@@ -34,9 +34,11 @@ class Tiles:
     # (BMS, dkv stages, dkv register cap) when the dk/dv kernel loops over several query heads per KV head (GQA);
     # 0s: as above
     gqa_dkv: tuple[int, int, int] = (0, 0, 0)
-    # register cap of the main forward kernel at inference (0: the compiler's choice, 220 at D = 64); 128 would put
-    # two 8-warp programs on an SM (ptxas: 240 B of stack then). Untimed (NOTES v20)
+    # the main forward kernel at inference with half-precision inputs (no backward follows): a register cap (0: the
+    # compiler's choice) and its stages (0: fwd_stages). At D = 64, 128 registers and 2 stages (80 KiB of shared
+    # memory) put two 8-warp programs on an SM instead of one (NOTES v21)
     fwd_infer_maxnreg: int = 0
+    fwd_infer_stages: int = 0
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
     o3_fwd: bool = True  # d(alpha)'s sum dP p log p as dO . O3 from the forward (else summed in the dq loop)
@@ -120,10 +122,14 @@ def tiles(head_dim: int) -> Tiles:
     # learning-alpha fwd+bwd -7%; the scan +5 to +18% (local 16k inference +2.5 to +5%).
     # v20 (NOTES): the tau kernel capped at 128 registers at D = 64 (4 programs per SM), as it compiled before the
     # grouped longest-first order (without the cap ptxas then took 177; with it, 123 and nothing spills).
+    # v21 (NOTES): the inference forward at D = 64 capped at 128 registers with 2 stages (two programs per SM, 240 B
+    # of stack): its output kernel -14% on dense 4k, -23% on 16k local; training keeps 220 registers and 4 stages
+    # (fwd+bwd +4% with 2 stages).
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4, solve_maxnreg=128)
+                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4, solve_maxnreg=128,
+                     fwd_infer_maxnreg=128, fwd_infer_stages=2)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 32, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64, tile_max_start=4)
@@ -170,6 +176,10 @@ def solve_settings(t: Tiles, alpha_square: bool, alpha_grid: bool) -> Tiles:
         bn, warps, late, maxnreg = t.square_solve
         return dataclasses.replace(t, solve_bn=bn, solve_bn_square=bn, solve_warps=warps, solve_late_sum=late,
                                    solve_maxnreg=maxnreg)
+    if alpha_grid and not alpha_square:
+        # the integer powers' output loop under the inference register cap: 0.36-0.45 -> 0.61 ms (SmolLM2 at 4/3,
+        # H100, bench/NOTES.md v21); alpha = 1.5 and a general alpha gain from it
+        t = dataclasses.replace(t, fwd_infer_maxnreg=0, fwd_infer_stages=0)
     if (alpha_square or alpha_grid) and t.grid_solve_bn:
         # uncapped: the wide slices need 214 registers at D = 64 (at 128 they spill ~300 instructions' worth)
         return dataclasses.replace(t, solve_bn_square=t.grid_solve_bn, solve_maxnreg=0)
@@ -233,6 +243,20 @@ def dq_launch_args(t: Tiles) -> dict[str, int]:
 
 def _launch_args(warps: int, stages: int, maxnreg: int) -> dict[str, int]:
     return {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+
+
+def fwd_launch_args(t: Tiles, need_bwd: bool, need_ent: bool, fp32: bool) -> dict[str, int]:
+    """The main forward kernel's launch options: while alpha learns (``need_ent``), before a backward, or at
+    inference, where half-precision inputs take ``fwd_infer_maxnreg`` and ``fwd_infer_stages``."""
+    warps = (need_ent and t.fwd_ent_warps) or t.fwd_warps
+    stages = (need_ent and t.fwd_ent_stages) or t.fwd_stages
+    infer = not need_bwd and not fp32
+    if infer and t.fwd_infer_stages:
+        stages = t.fwd_infer_stages
+    if fp32:
+        # fp32 tiles take twice the shared memory: at D = 128 three stages need 256 KiB (H100: 227 KiB)
+        stages = min(stages, 2)
+    return _launch_args(warps, stages, t.fwd_infer_maxnreg if infer else 0)
 
 
 def scan_launch_args(t: Tiles) -> dict[str, int]:
