@@ -92,6 +92,9 @@ def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> di
             "libdevice_log2": ptx.count("__nv_log2f.exit")}
 
 
+HOPPER_SMEM = 227 * 1024  # shared memory one program may take on an H100/H200 (``launch.launch_fitting``)
+
+
 def _opts(warps: int, stages: int) -> dict:
     return {"num_warps": warps, "num_stages": stages}
 
@@ -165,7 +168,9 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"D={D:<4d} {name:22s} warps {warps} stages {stages}: {row['regs']} regs, "
                   f"{row['stack_bytes']} B stack, {row['stl']} STL / {row['ldl']} LDL, "
-                  f"{row['smem_bytes'] / 1024:.1f} KiB shared", flush=True)
+                  f"{row['smem_bytes'] / 1024:.1f} KiB shared"
+                  + (" (over Hopper's 227 KiB: the launch drops stages)" if row["smem_bytes"] > HOPPER_SMEM else ""),
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"arch": args.arch, "triton": triton.__version__, "rows": rows},
                                               indent=1))
