@@ -336,7 +336,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
               CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr,
               STRICT_TOL: tl.constexpr = False, b_start=None, TILE_MAX_START: tl.constexpr = False,
-              FIRST_FOLD: tl.constexpr = False):
+              FIRST_FOLD: tl.constexpr = False, FLAT_DISPATCH: tl.constexpr = False):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     ``TILE_MAX_START``: heads with alpha <= 1.5 start at ``b_start`` (the scan's ``tile_max_start``, a certified
@@ -402,32 +402,64 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         b_hi = tl.where(row_ok, anchor, float("inf"))  # tau < m: the row's top entry always has p > 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
-            # one loop per alpha class: a runtime branch inside the loop would keep every class's tiles live
-            if pm1 == 1.0:
-                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
-                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                            DOT_PREC, POW_SQUARE, HALLEY, LATE_SUM)
-            elif pm1 == 0.0:
-                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
-                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                            DOT_PREC, POW_LINEAR, False, LATE_SUM)
-            elif is_int_power(pm1):
-                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
-                                            BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                            DOT_PREC, POW_INT, HALLEY, LATE_SUM)
-            elif pm1 > 32.0:
-                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
-                                            BN, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                            DOT_PREC, POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
+            if FLAT_DISPATCH:
+                # sibling ifs, as in the main forward (``Tiles.flat_dispatch``): one set of stage buffers
+                b_s0 = tl.zeros([BM], dtype=tl.float32)
+                b_s1 = b_s0
+                b_s2 = b_s0
+                kind = alpha_class(pm1, is_soft)
+                if kind == POW_SQUARE:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_SQUARE, HALLEY, LATE_SUM)
+                if kind == POW_LINEAR:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_LINEAR, False, LATE_SUM)
+                if kind == POW_INT:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_INT, HALLEY, LATE_SUM)
+                if kind == POW_NEAR1:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
+                if kind == POW_GENERAL:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
             else:
-                b_s0, b_s1, b_s2 = tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W,
-                                            b_qp, k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM,
-                                            BN, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                            DOT_PREC, POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
+                # one loop per alpha class: a runtime branch inside the loop would keep every class's tiles live
+                if pm1 == 1.0:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_SQUARE, HALLEY, LATE_SUM)
+                elif pm1 == 0.0:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_LINEAR, False, LATE_SUM)
+                elif is_int_power(pm1):
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_INT, HALLEY, LATE_SUM)
+                elif pm1 > 32.0:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
+                else:
+                    b_s0, b_s1, b_s2 = tau_sums(
+                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
+                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
@@ -520,6 +552,7 @@ def adasplash_fwd_tau_kernel(
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
     STRICT_TOL: tl.constexpr = False, TILE_MAX_START: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False,
+    FLAT_DISPATCH: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs. ``TILE_MAX_START``: the
@@ -551,11 +584,18 @@ def adasplash_fwd_tau_kernel(
                                      pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
                                      HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start, TILE_MAX_START,
-                                     FIRST_FOLD)
+                                     FIRST_FOLD, FLAT_DISPATCH)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
     tl.store(tile_cnt + p_blk, cnt)
+
+
+@triton.jit
+def alpha_class(pm1, is_soft):
+    """The ``POW_*`` class of a head's alpha, as the forward's per-class loops pick it."""
+    return tl.where(is_soft, POW_SOFTMAX, tl.where(pm1 == 1.0, POW_SQUARE, tl.where(pm1 == 0.0, POW_LINEAR, tl.where(
+        is_int_power(pm1), POW_INT, tl.where(pm1 > 32.0, POW_NEAR1, POW_GENERAL)))))
 
 
 @triton.jit
@@ -620,7 +660,7 @@ def adasplash_fwd_kernel(
     MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr, CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr,
     HALLEY: tl.constexpr = True, HALLEY_GENERAL: tl.constexpr = False, O3_FWD: tl.constexpr = True,
     SCANNED: tl.constexpr = False, SOLVED: tl.constexpr = False, LATE_SUM: tl.constexpr = False,
-    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False,
+    FOLD: tl.constexpr = True, HEAVY_FIRST: tl.constexpr = False, FLAT_DISPATCH: tl.constexpr = False,
 ):
     i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
                                                                              G, BM, IS_VARLEN, HEAVY_FIRST, HG)
@@ -666,7 +706,8 @@ def adasplash_fwd_kernel(
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
                                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
-                                         HALLEY_GENERAL, LATE_SUM, NEED_ENT)  # d(alpha): the fp32 tolerance
+                                         HALLEY_GENERAL, LATE_SUM, NEED_ENT,  # d(alpha): the fp32 tolerance
+                                         FLAT_DISPATCH=FLAT_DISPATCH)
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, 4/3 to 6/5, near 1, general): a runtime branch inside the
@@ -682,6 +723,48 @@ def adasplash_fwd_kernel(
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,
                           BN, BD, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD,
                           NEED_ENT, O3_FWD, POW_ANY, FOLD)
+    elif FLAT_DISPATCH:
+        # the same classes as one if per class after another instead of an if/elif chain: Triton 3.8 and 3.9 give
+        # each loop of a chain its own stage buffers (336 KiB at D = 64, 4 stages; 144 here), sibling ifs share them
+        # (80 KiB); Triton 3.6 registers differ (bench/NOTES.md v21), hence a switch (``Tiles.flat_dispatch``)
+        b_o = tl.zeros([BM, BD], dtype=tl.float32)
+        b_o2 = b_o
+        b_o3 = b_o
+        b_su = tl.zeros([BM], dtype=tl.float32)
+        b_ent = b_su
+        b_sp = b_su
+        kind = alpha_class(pm1, is_soft)
+        if kind == POW_SOFTMAX:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_SOFTMAX, FOLD)
+        if kind == POW_SQUARE:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_SQUARE, FOLD)
+        if kind == POW_LINEAR:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_LINEAR, FOLD)
+        if kind == POW_INT:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_INT, FOLD)
+        if kind == POW_NEAR1:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_NEAR1, FOLD)
+        if kind == POW_GENERAL:
+            b_o, b_o2, b_su, b_ent, b_o3, b_sp = output_pass(
+                b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
+                k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM, BN, BD, IS_CAUSAL,
+                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, NEED_BWD, NEED_ENT, O3_FWD, POW_GENERAL, FOLD)
+        res = b_o, b_o2, b_su, b_ent, b_o3, b_sp
     elif is_soft:
         res = output_pass(b_q, k_base, v_base, stride_kn, stride_vn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
                           W, b_qp, k_pos_base, kpm_base, b_mc, b_tc, pm1, is_soft, anchor, scale, softcap, zs, BM,

@@ -33,6 +33,7 @@ from hf_adasplash.ops.tiling import (
     MAX_TAU_ITERS,
     dkv_launch_args,
     dq_launch_args,
+    flat_dispatch,
     fwd_launch_args,
     scan_launch_args,
     solve_launch_args,
@@ -105,7 +106,8 @@ def cases(D: int, t, fp32: bool = False):
     BD = t.BD
     base = dict(H=16, G=1, D=D, BD=BD, BM=t.BM, BN=t.BN, **dict(FLAGS, DOT_PREC="ieee" if fp32 else "tf32"))
     fwd = dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
-               HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold)
+               HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, FOLD=t.fold,
+               FLAT_DISPATCH=flat_dispatch(t))
     # the tile-maxima start: bf16/fp16 with the tau kernel only, as attention_ops launches it
     topk = t.tile_max_start if t.solve and not fp32 else 0
     if t.scan:
@@ -121,7 +123,7 @@ def cases(D: int, t, fp32: bool = False):
                 continue
             tau_args = dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
                             **tau_pass_args(ts), HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general,
-                            TILE_MAX_START=topk > 0)
+                            TILE_MAX_START=topk > 0, FLAT_DISPATCH=flat_dispatch(ts))
             yield f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel, tau_args, solve_launch_args(ts)
             if not hint:  # a learning alpha: d(alpha) needs the fp32 tolerance
                 yield ("fwd tau (phase B) alpha learns", adasplash_fwd_tau_kernel, dict(tau_args, STRICT_TOL=True),

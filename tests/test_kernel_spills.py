@@ -86,7 +86,17 @@ def test_inference_forward_fits_two_programs_per_sm(tmp_path):
     (row,) = report["rows"]
     assert row["warps"] == 8 and row["stages"] == 2 and row["regs"] <= 128, row
     need = row["smem_bytes"] + 1024  # 1 KiB per program is the driver's
-    if tuple(int(x) for x in report["triton"].split(".")[:2]) < (3, 8):
-        assert 2 * need <= 227 * 1024, row
-    else:  # 3.8 and 3.9 give each alpha class's loop its own stage buffers (launch.launch_fitting): one program
-        assert need <= 227 * 1024 < 2 * need, row
+    assert 2 * need <= 227 * 1024, (report["triton"], row)
+
+
+def test_forward_fits_hopper_shared_memory_on_this_triton(tmp_path):
+    # Triton 3.8+ gives each loop of an if/elif chain its own stage buffers; the forward's per-class loops then
+    # take sibling ifs there (Tiles.flat_dispatch) and every forward kernel fits an H100's 227 KiB at its stages
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "spills.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--head-dims", "64,128", "--kernels", "fwd", "--json",
+                          str(out)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) >= 12
+    assert all(r["smem_bytes"] <= 227 * 1024 for r in rows), [(r["D"], r["kernel"], r["smem_bytes"]) for r in rows]

@@ -395,6 +395,29 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
             assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("need_bwd", [False, True])
+def test_per_class_loops_as_sibling_ifs_change_no_bit(monkeypatch, need_bwd):
+    # Tiles.flat_dispatch: the forward's per-alpha-class output loops as sibling ifs (Triton >= 3.8's default, for
+    # its shared memory) or as an if/elif chain (Triton 3.6-3.7's); one head per class, fp16 (fp32 has one loop)
+    from hf_adasplash.cli.bench import make_inputs
+    from hf_adasplash.ops import tiling
+
+    q, k, v = make_inputs(1, 6, 3, 70, 70, 32, 1.0, torch.float16, "cpu")
+    a = _alpha((1.0, 1.5, 2.0, 4 / 3, 1.02, 1.4), 6)  # softmax, square, linear, integer, near 1, general
+    assert tiling.flat_dispatch(tiling.tiles(32)) == (tiling.TRITON_VERSION >= (3, 8))
+    runs = []
+    for flat in (0, 1):
+        variant = dataclasses.replace(tiling.tiles(32), flat_dispatch=flat)
+        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
+        runs.append(torch.ops.hf_adasplash.attn_fwd(q, k, v, a.detach(), None, None, None, None, None, 70, 70, True,
+                                                    32**-0.5, -1, 0.0, need_bwd, need_bwd))
+    for name, x, y in zip(["o", "o2", "tau", "ent", "o3", "gap", "thr", "idx", "cnt"], *runs):
+        if name != "idx":  # list entries past each length are scratch
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=name)
+    ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=True)
+    assert (runs[0][0].double() - ref).abs().max().item() <= 2e-2
+
+
 def test_heavy_groups_hold_the_kv_heads_that_fit_the_l2_budget():
     # longest-first groups (query_block's HG): the query heads of as many KV heads as the budget holds K and V for
     from hf_adasplash.ops import tiling

@@ -27,6 +27,7 @@ from hf_adasplash.ops.tiling import (
     bwd_heavy_first,
     dkv_launch_args,
     dq_launch_args,
+    flat_dispatch,
     fold_args,
     fwd_launch_args,
     heavy_group,
@@ -213,7 +214,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
             **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
             STRICT_TOL=need_ent and t.strict_tol_learning, TILE_MAX_START=topk > 0,
-            FIRST_FOLD=not need_bwd,
+            FIRST_FOLD=not need_bwd, FLAT_DISPATCH=flat_dispatch(t),
             **solve_launch_args(t),
         ), {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
             "tile_cnt": "tile_cnt", **common_tensors}))
@@ -221,6 +222,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         **_io_strides(strides, q=q, k=k, v=table["v"], o=o), **common, **fold_args(t), FOLD=t.fold,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
+        FLAT_DISPATCH=flat_dispatch(t),
         **fwd_launch_args(t, need_bwd, need_ent, q.element_size() == 4),
     ), {"q": "q", "k": "k", "v": "v", "o": "o", "o2": "o2", "o3": "o3", "tau": "scratch", "ent": "ent",
         "tile_thr": "tile_thr", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))
