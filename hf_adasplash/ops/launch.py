@@ -194,10 +194,11 @@ def launch_fitting(jit_fn, grid, kwargs: dict):
     """``jit_fn[grid](**kwargs)`` (returns the compiled kernel), with fewer pipeline stages where the kernel compiled
     with ``num_stages`` needs more shared memory than the device has.
 
-    Triton 3.8 and 3.9 give each alpha class's output loop in the main forward its own stage buffers (3.6 and 3.7
-    share them): 336 KiB at D = 64 with 4 stages and 512 KiB at D = 128 with 3, against the H100's 227 KiB
-    (``scripts/kernel_spills.py``, bench/NOTES.md v21). Triton refuses such a launch before it starts; it runs here
-    with one stage less at a time, remembered per kernel and settings, and a warning names what changed.
+    The launch settings are tuned on an H100 (227 KiB per program). A device with less shared memory, or a Triton
+    that allocates more (3.8 and 3.9 gave each loop of the forward's per-class if/elif chain its own stage buffers:
+    336 KiB at D = 64 with 4 stages, until ``Tiles.flat_dispatch``; bench/NOTES.md v21), would have Triton refuse
+    the launch before it starts. It runs here with one stage less at a time, remembered per kernel and settings,
+    and a warning names what changed.
     """
     key = _stages_key(jit_fn, kwargs)
     fit = _stages_that_fit.get(key)
