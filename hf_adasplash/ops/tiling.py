@@ -39,9 +39,9 @@ class Tiles:
     # memory) put two 8-warp programs on an SM instead of one (NOTES v21)
     fwd_infer_maxnreg: int = 0
     fwd_infer_stages: int = 0
-    # the main forward's per-alpha-class output loops as sibling ifs instead of an if/elif chain (1), or the chain
-    # (0); -1: sibling ifs on Triton >= 3.8, whose chain takes 2.3x the shared memory (over an H100's at D = 64 with 4
-    # stages), the chain before (GPU-timed there; the sibling ifs are not yet; bench/NOTES.md v21)
+    # the forward's per-alpha-class loops (output and tau passes) as sibling ifs instead of an if/elif chain (1), or
+    # the chain (0); -1: sibling ifs on Triton >= 3.8, whose chain takes 2.3x the shared memory (over an H100's at
+    # D = 64 with 4 stages), the chain before (GPU-timed there; the sibling ifs are not yet; bench/NOTES.md v21)
     flat_dispatch: int = -1
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
@@ -253,7 +253,7 @@ TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 
 def flat_dispatch(t: Tiles) -> bool:
-    """Whether the main forward takes its alpha classes' loops as sibling ifs (``Tiles.flat_dispatch``)."""
+    """Whether the forward kernels take their alpha classes' loops as sibling ifs (``Tiles.flat_dispatch``)."""
     return TRITON_VERSION >= (3, 8) if t.flat_dispatch < 0 else bool(t.flat_dispatch)
 
 
