@@ -88,8 +88,7 @@ def spills(kernel, constexprs: dict, options: dict, arch: int, dtype: str) -> di
     # special-function log2s (half precision's general power: attn_utils.log2_of) and libdevice's log2f
     ptx = compiled.asm["ptx"]
     return {"regs": int(m.group(1)), "stack_bytes": int(m.group(2)), "smem_bytes": compiled.metadata.shared,
-            "stl": sass.count(" STL"),
-            "ldl": sass.count(" LDL"), "lg2_approx": ptx.count("lg2.approx"),
+            "stl": sass.count(" STL"), "ldl": sass.count(" LDL"), "lg2_approx": ptx.count("lg2.approx"),
             "libdevice_log2": ptx.count("__nv_log2f.exit")}
 
 

@@ -179,7 +179,7 @@ def bind(jit_fn, grid, kwargs: dict, tensors: dict[str, str]) -> Bound | None:
     return launcher.bind(grid, kwargs, tensors)
 
 
-# (kernel, device, constexpr arguments, launch options) -> the pipeline stages its shared memory fits in
+# kernel -> {(device, constexpr arguments, launch options): the pipeline stages its shared memory fits in}
 _stages_that_fit: dict = {}
 
 
@@ -187,7 +187,7 @@ def _stages_key(jit_fn, kwargs: dict):
     consts = tuple((p.name, kwargs.get(p.name, p.default)) for p in jit_fn.params if p.is_constexpr)
     names = {p.name for p in jit_fn.params}
     options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
-    return jit_fn, torch.cuda.current_device(), consts, options
+    return torch.cuda.current_device(), consts, options
 
 
 def launch_fitting(jit_fn, grid, kwargs: dict):
@@ -200,8 +200,10 @@ def launch_fitting(jit_fn, grid, kwargs: dict):
     the launch before it starts. It runs here with one stage less at a time, remembered per kernel and settings,
     and a warning names what changed.
     """
-    key = _stages_key(jit_fn, kwargs)
-    fit = _stages_that_fit.get(key)
+    # the key only for kernels that have had to drop stages: on the JIT path this runs at every launch
+    asked = kwargs
+    fits = _stages_that_fit.get(jit_fn)
+    fit = fits.get(_stages_key(jit_fn, asked)) if fits else None
     if fit is not None:
         kwargs = {**kwargs, "num_stages": fit}
     first = None
@@ -217,7 +219,7 @@ def launch_fitting(jit_fn, grid, kwargs: dict):
             continue
         if first is not None:
             err, stages = first
-            _stages_that_fit[key] = kwargs["num_stages"]
+            _stages_that_fit.setdefault(jit_fn, {})[_stages_key(jit_fn, asked)] = kwargs["num_stages"]
             warnings.warn(f"{getattr(jit_fn, '__name__', 'kernel')}: {err.required} B of shared memory at {stages} "
                           f"stages, {err.limit} B on this device; it runs with {kwargs['num_stages']} "
                           f"(triton {triton.__version__})", RuntimeWarning, stacklevel=3)
