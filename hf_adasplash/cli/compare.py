@@ -47,6 +47,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--summarize-only", action="store_true",
                    help="skip the runs: rebuild compare.json, compare.png and the card from the files in --output-dir")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="reuse the softmax run and its eval from another compare's --output-dir (its recipe must "
+                   "match this one's, alpha options aside): a sweep over alpha options trains sdpa once")
 
 
 def _check(value: float | None, op: str, bar: float) -> bool | None:
@@ -91,6 +94,33 @@ def summarize(out: Path) -> dict:
     }
 
 
+# the finetune recipe the sdpa run shares with the adasplash run (what a reused baseline must match)
+SHARED_RECIPE = ("model", "dataset", "dataset_config", "split", "eval_split", "text_column", "context_length",
+                 "batch_size", "grad_accum", "max_steps", "lr", "warmup_steps", "seed", "gradient_checkpointing")
+
+
+def reuse_baseline(src: Path, out: Path, args) -> None:
+    """Copies ``src``'s sdpa run record and eval into ``out`` after checking they are this compare's recipe."""
+    import shutil
+
+    from hf_adasplash.assets import UserError
+    from hf_adasplash.cli._common import read_json
+
+    recipe = read_json(src / "sdpa" / "finetune.json").get("recipe", {})
+    ev = read_json(src / "eval-sdpa.json")
+    diff = {k: (recipe.get(k), getattr(args, k)) for k in SHARED_RECIPE if recipe.get(k) != getattr(args, k)}
+    wanted_eval = {"attn": "sdpa", "dataset": args.dataset, "split": args.eval_split,
+                   "max_length": args.context_length}
+    diff.update({f"eval {k}": (ev.get(k), v) for k, v in wanted_eval.items() if ev.get(k) != v})
+    if recipe.get("attn") != "sdpa":
+        diff["attn"] = (recipe.get("attn"), "sdpa")
+    if diff:
+        raise UserError(f"--baseline {src} is not this recipe's softmax run; differing (baseline, here): {diff}")
+    (out / "sdpa").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "sdpa" / "finetune.json", out / "sdpa" / "finetune.json")
+    shutil.copy2(src / "eval-sdpa.json", out / "eval-sdpa.json")
+
+
 def run(args) -> int:
     from hf_adasplash.cli.main import main
 
@@ -127,6 +157,9 @@ def run(args) -> int:
             "-o", args.card or str(out / "adasplash" / "README.md")]
     if args.card:
         card += ["--name", Path(args.card).stem]
+    if args.baseline and not args.summarize_only:
+        reuse_baseline(Path(args.baseline), out, args)
+        steps = [steps[1], *steps[3:]]  # the adasplash run, its eval and sparsity
     for i, argv in enumerate([] if args.summarize_only else steps, 1):
         console().print(f"[bold]compare {i}/{len(steps) + 1}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}")
         rc = main(argv)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 
 from hf_adasplash.cli.card import BAR_LABELS
 from hf_adasplash.cli.main import main
@@ -40,3 +42,31 @@ def test_compare_runs_both_recipes_and_checks_the_bars(tmp_path, tiny_model, cor
     assert f"{result['perplexity_packed']['sdpa']:.3f}" in section
     # the training curves of both runs, linked from the card
     assert (out / "compare.png").stat().st_size > 0 and "compare.png)" in section
+
+
+def test_compare_reuses_a_matching_baseline_and_refuses_another_recipe(tmp_path, tiny_model, corpus, capsys):
+    common = ["--model", str(tiny_model), "--dataset", str(corpus), "--context-length", "32", "--batch-size", "2",
+              "--grad-accum", "1", "--max-steps", "2", "--eval-tokens", "256", "--sparsity-sequences", "1",
+              "--no-progress"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["compare", *common, "--alpha-init", "1.5", "-o", str(first)]) == 0
+    assert main(["compare", *common, "--alpha-init", "1.3", "--baseline", str(first), "-o", str(second)]) == 0
+    # the softmax run is the first one's, not retrained: its record is copied, no weights are written
+    assert (second / "sdpa" / "finetune.json").read_text() == (first / "sdpa" / "finetune.json").read_text()
+    assert not any(p.suffix == ".safetensors" for p in (second / "sdpa").iterdir())
+    a, b = (json.loads((d / "compare.json").read_text()) for d in (first, second))
+    assert b["perplexity"]["sdpa"] == a["perplexity"]["sdpa"]
+    assert b["alpha"] != a["alpha"]  # the adasplash run is this compare's own
+    # the sweep summary names each run by the recipe field that differs, and plots the trade-off
+    sweep = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "sweep_compares.py"))
+    assert sweep["main"]([str(first), str(second), str(tmp_path / "none"), "-o", str(tmp_path / "sweep")]) == 0
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert summary["varying"] == ["alpha_init"] and summary["unfinished"] == [str(tmp_path / "none")]
+    assert sorted(r["alpha_init"] for r in summary["runs"]) == [1.3, 1.5]
+    assert {r["ppl_ratio"] for r in summary["runs"]} == {a["values"]["ppl_ratio"], b["values"]["ppl_ratio"]}
+    assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
+    capsys.readouterr()
+    rc = main(["compare", *common[:-1], "--lr", "3e-4", "--baseline", str(first), "-o", str(tmp_path / "c")])
+    assert rc != 0
+    assert "lr" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "c" / "adasplash").exists()
