@@ -47,23 +47,34 @@ def _ratio(pair: dict) -> float | None:
     return a / s if a and s else None
 
 
+def label_runs(rows: list[dict], keys: list[str]) -> None:
+    """Names each run by where it departs from the sweep's most common value of each varying field."""
+    from collections import Counter
+
+    common = {k: Counter(json.dumps(r[k]) for r in rows).most_common(1)[0][0] for k in keys}
+    for r in rows:
+        r["label"] = ", ".join(f"{k}={r[k]}" for k in keys if json.dumps(r[k]) != common[k]) or "common recipe"
+
+
 def markdown(rows: list[dict], keys: list[str]) -> str:
-    head = [*keys, "ppl sdpa", "ppl adasplash", "ratio", "packed ratio", "zero weights", "empty tiles",
+    head = ["run", *keys, "ppl sdpa", "ppl adasplash", "ratio", "packed ratio", "zero weights", "empty tiles",
             "tokens/s ratio (2nd half)"]
 
     def fmt(x, pct=False):
         if x is None:
             return "n/a"
         if isinstance(x, float):
-            return f"{100 * x:.1f}%" if pct else f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
+            if pct:
+                return f"{100 * x:.1f}%"
+            return f"{x:.3g}" if abs(x) < 0.1 else f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
         return str(x)
 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         tp = f"{fmt(r['throughput_ratio'])} ({fmt(r['throughput_ratio_second_half'])})"
-        cells = [fmt(r[k]) for k in keys] + [fmt(r["ppl_sdpa"]), fmt(r["ppl_adasplash"]), fmt(r["ppl_ratio"]),
-                                             fmt(r["packed_ratio"]), fmt(r["zero_fraction"], True),
-                                             fmt(r["block_zero_fraction"], True), tp]
+        cells = [r["label"], *(fmt(r[k]) for k in keys), fmt(r["ppl_sdpa"]), fmt(r["ppl_adasplash"]),
+                 fmt(r["ppl_ratio"]), fmt(r["packed_ratio"]), fmt(r["zero_fraction"], True),
+                 fmt(r["block_zero_fraction"], True), tp]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -74,17 +85,14 @@ def plot(rows: list[dict], keys: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     for r in rows:
-        ax.scatter(r["block_zero_fraction"], r["ppl_ratio"], s=30)
-        label = ", ".join(f"{k}={r[k]}" for k in keys) or Path(r["folder"]).name
-        ax.annotate(label, (r["block_zero_fraction"], r["ppl_ratio"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.scatter(r["block_zero_fraction"], r["ppl_ratio"], s=36, label=r["label"])
     ax.axhline(1.03, color="tab:red", lw=0.8, ls="--", label="perplexity bar (<= 1.03x)")
     ax.axvline(0.60, color="tab:green", lw=0.8, ls="--", label="empty-tile bar (>= 60%)")
     ax.set_xlabel("empty 64x64 tiles on held-out text")
     ax.set_ylabel("held-out perplexity / softmax run's")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no compare.json in {', '.join(map(str, args.folders))}")
     keys = varying(runs)
     rows = sorted((row(r, keys) for r in runs), key=lambda r: r["ppl_ratio"])
+    label_runs(rows, keys)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "sweep.json").write_text(json.dumps({"varying": keys, "runs": rows, "unfinished": missing},
                                                            indent=2) + "\n")
