@@ -133,6 +133,9 @@ def cases(D: int, t, fp32: bool = False):
                                      ("fwd learnable alpha", True, True)):
         yield (name, adasplash_fwd_kernel, dict(fwd, NEED_BWD=need_bwd, NEED_ENT=need_ent),
                fwd_launch_args(t, need_bwd, need_ent, fp32))
+    if flat_dispatch(t, chain_faster=True) != fwd["FLAT_DISPATCH"]:  # Triton < 3.8: 1.5/2 heads take the chain
+        yield ("fwd inference 1.5/2 alpha", adasplash_fwd_kernel,
+               dict(fwd, NEED_BWD=False, NEED_ENT=False, FLAT_DISPATCH=False), fwd_launch_args(t, False, False, fp32))
     dq = dict(base, BNS=t.BNS, BMQ=t.BMQ, O3_FWD=t.o3_fwd, HEAVY_FIRST=t.bwd_heavy_first)
     bwd_opts = _opts(t.bwd_warps, t.bwd_stages)
     yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), dq_launch_args(t)

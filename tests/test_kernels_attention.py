@@ -397,14 +397,16 @@ def test_scan_loop_split_and_launch_order_change_no_bit(monkeypatch, causal, dty
 
 @pytest.mark.parametrize("need_bwd", [False, True])
 def test_per_class_loops_as_sibling_ifs_change_no_bit(monkeypatch, need_bwd):
-    # Tiles.flat_dispatch: the forward's per-alpha-class output loops as sibling ifs (Triton >= 3.8's default, for
-    # its shared memory) or as an if/elif chain (Triton 3.6-3.7's); one head per class, fp16 (fp32 has one loop)
+    # Tiles.flat_dispatch: the forward's per-alpha-class output loops as sibling ifs (the default; always on Triton
+    # >= 3.8, for its shared memory) or as an if/elif chain (Triton 3.6-3.7's inference main kernel when every head
+    # is 1.5 or 2); one head per class, fp16 (fp32 has one loop)
     from hf_adasplash.cli.bench import make_inputs
     from hf_adasplash.ops import tiling
 
     q, k, v = make_inputs(1, 6, 3, 70, 70, 32, 1.0, torch.float16, "cpu")
     a = _alpha((1.0, 1.5, 2.0, 4 / 3, 1.02, 1.4), 6)  # softmax, square, linear, integer, near 1, general
-    assert tiling.flat_dispatch(tiling.tiles(32)) == (tiling.TRITON_VERSION >= (3, 8))
+    assert tiling.flat_dispatch(tiling.tiles(32))
+    assert tiling.flat_dispatch(tiling.tiles(32), chain_faster=True) == (tiling.TRITON_VERSION >= (3, 8))
     runs = []
     for flat in (0, 1):
         variant = dataclasses.replace(tiling.tiles(32), flat_dispatch=flat)

@@ -136,7 +136,7 @@ def attn_fwd_impl(
     t = solve_settings(tiles(q.shape[-1]), alpha_square, alpha_grid)
     table = {"q": q, "k": k, "v": v, "alpha": alpha, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
              "q_pos": q_pos, "k_pos": k_pos, "kpm": key_padding_mask}
-    opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent)
+    opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent, alpha_square)
     # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
     key = (t, opts, _current_device(q), *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel,
            adasplash_fwd_tau_kernel, adasplash_fwd_kernel)
@@ -147,7 +147,8 @@ def attn_fwd_impl(
     return tuple(table[name] for name in FWD_OUTS)
 
 
-def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent) -> Plan:
+def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent,
+              alpha_square) -> Plan:
     copies = _contiguous_qkv(table)
     q, k, cu_seqlens_q = table["q"], table["k"], table["cu_seqlens_q"]
     (B, Hq, Hkv, NQ, NK, D), strides = _geometry(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
@@ -222,7 +223,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         **_io_strides(strides, q=q, k=k, v=table["v"], o=o), **common, **fold_args(t), FOLD=t.fold,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),
         HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, O3_FWD=t.o3_fwd, SCANNED=t.scan, SOLVED=solve,
-        FLAT_DISPATCH=flat_dispatch(t),
+        FLAT_DISPATCH=flat_dispatch(t, chain_faster=alpha_square and not need_bwd),
         **fwd_launch_args(t, need_bwd, need_ent, q.element_size() == 4),
     ), {"q": "q", "k": "k", "v": "v", "o": "o", "o2": "o2", "o3": "o3", "tau": "scratch", "ent": "ent",
         "tile_thr": "tile_thr", "tile_idx": "tile_idx", "tile_cnt": "tile_cnt", **common_tensors}))

@@ -40,8 +40,10 @@ class Tiles:
     fwd_infer_maxnreg: int = 0
     fwd_infer_stages: int = 0
     # the forward's per-alpha-class loops (output and tau passes) as sibling ifs instead of an if/elif chain (1), or
-    # the chain (0); -1: sibling ifs on Triton >= 3.8, whose chain takes 2.3x the shared memory (over an H100's at
-    # D = 64 with 4 stages), the chain before (GPU-timed there; the sibling ifs are not yet; bench/NOTES.md v21)
+    # the chain (0); -1: sibling ifs, but for the main kernel at inference when every head is 1.5 or 2 on Triton < 3.8
+    # (there the chain's output loop was 5% faster; sibling ifs took the training forward's main kernel 11-13% and
+    # D = 128's tau kernel 27% faster; H200, bench/NOTES.md v22). Triton >= 3.8 always takes the sibling ifs: its
+    # chain needs 2.3x the shared memory, over an H100's at D = 64 with 4 stages (v21)
     flat_dispatch: int = -1
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
@@ -252,9 +254,13 @@ def _launch_args(warps: int, stages: int, maxnreg: int) -> dict[str, int]:
 TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 
-def flat_dispatch(t: Tiles) -> bool:
-    """Whether the forward kernels take their alpha classes' loops as sibling ifs (``Tiles.flat_dispatch``)."""
-    return TRITON_VERSION >= (3, 8) if t.flat_dispatch < 0 else bool(t.flat_dispatch)
+def flat_dispatch(t: Tiles, chain_faster: bool = False) -> bool:
+    """Whether a forward kernel takes its alpha classes' loops as sibling ifs (``Tiles.flat_dispatch``);
+    ``chain_faster``: the launch is one where the chain was measured faster (the inference main kernel, every head
+    1.5 or 2)."""
+    if t.flat_dispatch >= 0:
+        return bool(t.flat_dispatch)
+    return TRITON_VERSION >= (3, 8) or not chain_faster
 
 
 def fwd_launch_args(t: Tiles, need_bwd: bool, need_ent: bool, fp32: bool) -> dict[str, int]:
