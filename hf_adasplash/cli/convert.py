@@ -7,7 +7,8 @@ import shutil
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2' (SmolLM2-135M) or 'gemma3' (Gemma-3-270M)")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (SmolLM2-135M), 'gemma3' (Gemma-3-270M) or "
+                   "'qwen2.5-coder' (Qwen2.5-Coder-0.5B-Instruct)")
     p.add_argument("--force", action="store_true", help="convert again even if the cached checkpoint exists")
     p.add_argument("--print-path", action="store_true", help="print only the checkpoint folder (for scripts)")
 
