@@ -713,7 +713,7 @@ def adasplash_fwd_kernel(
     elif FLAT_DISPATCH:
         # the same classes as one if per class after another instead of an if/elif chain: Triton 3.8 and 3.9 give
         # each loop of a chain its own stage buffers (336 KiB at D = 64, 4 stages; 144 here), sibling ifs share them
-        # (80 KiB); Triton 3.6 registers differ (bench/NOTES.md v21), hence a switch (``Tiles.flat_dispatch``)
+        # (80 KiB). The default on every Triton but where 3.6's chain timed faster (``Tiles.flat_dispatch``, NOTES v22)
         b_o = tl.zeros([BM, BD], dtype=tl.float32)
         b_o2 = b_o
         b_o3 = b_o
