@@ -1,8 +1,9 @@
 """Summarise several ``hf-adasplash compare`` folders: one table, one JSON and the quality-sparsity plot.
 
-Each folder is one recipe (an alpha option, a learning rate, ...). The table names each run by the recipe fields in
-which it differs from the others and shows the four bars' values; the plot puts held-out perplexity ratio against
-empty 64x64 tiles, with the bars as lines, so the trade-off between them is visible at a glance.
+Each folder is one recipe (an alpha option, a learning rate, ...). The table shows every recipe field that varies
+across the folders and the four bars' values, and names each run by where it departs from the most common value;
+the plot puts held-out perplexity ratio against empty 64x64 tiles, with the bars as lines, so the trade-off between
+them is visible at a glance.
 
     python scripts/sweep_compares.py runs/sweep/* -o bench/finetune_h100/sweep
 """
@@ -21,8 +22,7 @@ IGNORED = {"output_dir", "progress", "report_to", "resume", "compile_ahead", "sa
 def load(folder: Path) -> dict:
     cmp = json.loads((folder / "compare.json").read_text())
     run = json.loads((folder / "adasplash" / "finetune.json").read_text())
-    base = json.loads((folder / "sdpa" / "finetune.json").read_text())
-    return {"folder": str(folder), "compare": cmp, "recipe": run["recipe"], "sdpa_recipe": base["recipe"]}
+    return {"folder": str(folder), "compare": cmp, "recipe": run["recipe"]}
 
 
 def varying(runs: list[dict]) -> list[str]:
