@@ -336,7 +336,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
               CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr,
               STRICT_TOL: tl.constexpr = False, b_start=None, TILE_MAX_START: tl.constexpr = False,
-              FIRST_FOLD: tl.constexpr = False, FLAT_DISPATCH: tl.constexpr = False):
+              FIRST_FOLD: tl.constexpr = False):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     ``TILE_MAX_START``: heads with alpha <= 1.5 start at ``b_start`` (the scan's ``tile_max_start``, a certified
@@ -402,51 +402,24 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
         b_hi = tl.where(row_ok, anchor, float("inf"))  # tau < m: the row's top entry always has p > 0
         go = tl.max(row_ok.to(tl.int32), 0) > 0
         while go:
-            if FLAT_DISPATCH:
-                # sibling ifs, as in the main forward (``Tiles.flat_dispatch``): one set of stage buffers
-                b_s0 = tl.zeros([BM], dtype=tl.float32)
-                b_s1 = b_s0
-                b_s2 = b_s0
-                kind = alpha_class(pm1, is_soft)
-                # the classes an entmax head takes here (softmax heads summed their normaliser above): alpha = 1.5, 2
-                # and the integer powers in wide slices; Halley where the curvature is known (not alpha = 2)
-                for K in tl.static_range(POW_INT + 1):
-                    if K != POW_ANY and K != POW_SOFTMAX:  # noqa: SIM102 (compile time; the test below: device)
-                        if kind == K:
-                            b_s0, b_s1, b_s2 = tau_sums(
-                                b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp,
-                                k_pos_base, kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN,
-                                BNT_SQ if (K == POW_SQUARE) | (K == POW_LINEAR) | (K == POW_INT) else BNT, IS_CAUSAL,
-                                HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, K,
-                                (K != POW_LINEAR) & HALLEY & ((K == POW_SQUARE) | (K == POW_INT) | HALLEY_GENERAL),
-                                LATE_SUM)
-            else:
-                # one loop per alpha class: a runtime branch inside the loop would keep every class's tiles live
-                if pm1 == 1.0:
-                    b_s0, b_s1, b_s2 = tau_sums(
-                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
-                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_SQUARE, HALLEY, LATE_SUM)
-                elif pm1 == 0.0:
-                    b_s0, b_s1, b_s2 = tau_sums(
-                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
-                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_LINEAR, False, LATE_SUM)
-                elif is_int_power(pm1):
-                    b_s0, b_s1, b_s2 = tau_sums(
-                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT_SQ, IS_CAUSAL, HAS_WINDOW,
-                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_INT, HALLEY, LATE_SUM)
-                elif pm1 > 32.0:
-                    b_s0, b_s1, b_s2 = tau_sums(
-                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
-                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_NEAR1, HALLEY and HALLEY_GENERAL, LATE_SUM)
-                else:
-                    b_s0, b_s1, b_s2 = tau_sums(
-                        b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
-                        kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN, BNT, IS_CAUSAL, HAS_WINDOW,
-                        HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, POW_GENERAL, HALLEY and HALLEY_GENERAL, LATE_SUM)
+            # one loop per alpha class, as sibling ifs (one set of stage buffers; an if/elif chain gives each loop
+            # its own on Triton 3.8+): a runtime branch inside one loop would keep every class's tiles live. The
+            # classes an entmax head takes here (softmax heads summed their normaliser above): alpha = 1.5, 2 and
+            # the integer powers in wide slices; Halley where the curvature is known (not alpha = 2)
+            b_s0 = tl.zeros([BM], dtype=tl.float32)
+            b_s1 = b_s0
+            b_s2 = b_s0
+            kind = alpha_class(pm1, is_soft)
+            for K in tl.static_range(POW_INT + 1):
+                if K != POW_ANY and K != POW_SOFTMAX:  # noqa: SIM102 (compile time; the test below: device)
+                    if kind == K:
+                        b_s0, b_s1, b_s2 = tau_sums(
+                            b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
+                            kpm_base, b_m, b_tau, pm1, anchor, scale, softcap, zs, BM, BN,
+                            BNT_SQ if (K == POW_SQUARE) | (K == POW_LINEAR) | (K == POW_INT) else BNT, IS_CAUSAL,
+                            HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, K,
+                            (K != POW_LINEAR) & HALLEY & ((K == POW_SQUARE) | (K == POW_INT) | HALLEY_GENERAL),
+                            LATE_SUM)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
@@ -539,7 +512,6 @@ def adasplash_fwd_tau_kernel(
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
     STRICT_TOL: tl.constexpr = False, TILE_MAX_START: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False,
-    FLAT_DISPATCH: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs. ``TILE_MAX_START``: the
@@ -571,7 +543,7 @@ def adasplash_fwd_tau_kernel(
                                      pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
                                      HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start, TILE_MAX_START,
-                                     FIRST_FOLD, FLAT_DISPATCH)
+                                     FIRST_FOLD)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)
@@ -693,8 +665,7 @@ def adasplash_fwd_kernel(
                                          b_qp, k_pos_base, kpm_base, p_gap, p_idx, b_m, scale, softcap, zs, a_m1,
                                          pm1, is_soft, anchor, fold_lo, fold_hi, BM, BN, BNT, BNT_SQ, IS_CAUSAL,
                                          HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH, HALLEY,
-                                         HALLEY_GENERAL, LATE_SUM, NEED_ENT,  # d(alpha): the fp32 tolerance
-                                         FLAT_DISPATCH=FLAT_DISPATCH)
+                                         HALLEY_GENERAL, LATE_SUM, NEED_ENT)  # d(alpha): the fp32 tolerance
 
     # ---- C: output over the tiles that hold support ---------------------------------------------------------
     # one loop per alpha class (softmax, alpha = 1.5, 2, 4/3 to 6/5, near 1, general): a runtime branch inside the

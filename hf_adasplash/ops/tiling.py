@@ -39,11 +39,11 @@ class Tiles:
     # memory) put two 8-warp programs on an SM instead of one (NOTES v21)
     fwd_infer_maxnreg: int = 0
     fwd_infer_stages: int = 0
-    # the forward's per-alpha-class loops (output and tau passes) as sibling ifs instead of an if/elif chain (1), or
-    # the chain (0); -1: sibling ifs, but for the main kernel at inference when every head is 1.5 or 2 on Triton < 3.8
-    # (there the chain's output loop was 5% faster; sibling ifs took the training forward's main kernel 11-13% and
-    # D = 128's tau kernel 27% faster; H200, bench/NOTES.md v22). Triton >= 3.8 always takes the sibling ifs: its
-    # chain needs 2.3x the shared memory, over an H100's at D = 64 with 4 stages (v21)
+    # the main forward's per-alpha-class output loops as sibling ifs instead of an if/elif chain (1), or the chain (0);
+    # -1: sibling ifs, but the chain for the inference main kernel when every head is 1.5 or 2 on Triton < 3.8 (5%
+    # faster there; sibling ifs took the training forward's main kernel 11-13% faster; H200, bench/NOTES.md v22).
+    # Triton >= 3.8 always takes the sibling ifs: its chain needs 2.3x the shared memory, over an H100's at D = 64
+    # with 4 stages (v21). The tau passes always take sibling ifs (their chain: D = 128 tau 27% slower, v22)
     flat_dispatch: int = -1
     fwd_ent_warps: int = 0  # forward for a learnable alpha (entropy, and O3 with o3_fwd); 0: fwd_warps
     fwd_ent_stages: int = 0  # 0: fwd_stages
@@ -255,7 +255,7 @@ TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 
 def flat_dispatch(t: Tiles, chain_faster: bool = False) -> bool:
-    """Whether a forward kernel takes its alpha classes' loops as sibling ifs (``Tiles.flat_dispatch``);
+    """Whether the main forward kernel takes its alpha classes' output loops as sibling ifs (``Tiles.flat_dispatch``);
     ``chain_faster``: the launch is one where the chain was measured faster (the inference main kernel, every head
     1.5 or 2)."""
     if t.flat_dispatch >= 0:
