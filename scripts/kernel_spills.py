@@ -141,9 +141,14 @@ def cases(D: int, t, fp32: bool = False):
     yield "dq fixed alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=False), dq_launch_args(t)
     yield "dq learnable alpha", adasplash_bwd_kernel_dq, dict(dq, NEED_DALPHA=True), dq_launch_args(t)
     yield "dalpha per entry", adasplash_bwd_kernel_dalpha_per_entry, dict(base, BNS=t.BNS, BMQ=t.BMQ), bwd_opts
-    for group in (1, 4) if t.gqa_dkv[0] else (1,):
-        dkv = dkv_launch_args(t, group)
-        yield ("dk/dv" + (" GQA" if group > 1 else ""), adasplash_bwd_kernel_dkv,
+    dkv_cases = [("dk/dv", 1, False)]
+    if t.gqa_dkv[0]:
+        dkv_cases.append(("dk/dv GQA", 4, False))
+    if t.gqa_dkv_short[0]:
+        dkv_cases.append(("dk/dv GQA short grid", 4, True))
+    for name, group, short_grid in dkv_cases:
+        dkv = dkv_launch_args(t, group, short_grid)
+        yield (name, adasplash_bwd_kernel_dkv,
                dict(base, G=group, CH=LIST_CHUNK, BMS=dkv["BMS"], HEAVY_FIRST=t.bwd_heavy_first),
                {k: v for k, v in dkv.items() if k != "BMS"})
 

@@ -79,3 +79,12 @@ def test_forward_fits_hopper_shared_memory_on_this_triton(tmp_path):
     rows = _report(tmp_path, "--head-dims", "64,128", "--kernels", "fwd", timeout=1800)["rows"]
     assert len(rows) >= 12
     assert all(r["smem_bytes"] <= 227 * 1024 for r in rows), [(r["D"], r["kernel"], r["smem_bytes"]) for r in rows]
+
+
+def test_gqa_dkv_compiles_both_grid_settings(tmp_path):
+    # GQA dk/dv takes one setting on a long grid (32-row slices, capped at 168 registers: 3 programs per SM) and
+    # another on a short one (64-row slices, uncapped; tiling.dkv_short_grid): both compile for sm_90
+    rows = {r["kernel"]: r for r in _report(tmp_path, "--head-dims", "64", "--kernels", "dk/dv GQA")["rows"]}
+    assert sorted(rows) == ["dk/dv GQA", "dk/dv GQA short grid"]
+    assert rows["dk/dv GQA"]["regs"] <= 168 and rows["dk/dv GQA"]["stages"] == 1
+    assert rows["dk/dv GQA short grid"]["stages"] == 1 and 0 < rows["dk/dv GQA short grid"]["regs"] <= 255

@@ -670,6 +670,46 @@ def test_launch_plans_follow_the_settings_and_hooks_in_force(monkeypatch):
     assert torch.equal(outs[0], outs[2])  # the same plan replayed: the same launches
 
 
+def test_gqa_dkv_short_grid_takes_its_own_slices(monkeypatch):
+    # a GQA dk/dv grid of at most DKV_SHORT_GRID_PROGRAMS_PER_SM programs per SM takes Tiles.gqa_dkv_short, a longer
+    # one Tiles.gqa_dkv (the interpreter counts one SM); without GQA neither. Gradients match the reference either way
+    from hf_adasplash.ops import tiling
+
+    cpu = torch.device("cpu")
+    per_sm = tiling.DKV_SHORT_GRID_PROGRAMS_PER_SM
+    assert tiling.dkv_short_grid(per_sm, cpu) and not tiling.dkv_short_grid(per_sm + 1, cpu)
+    monkeypatch.setattr(tiling, "_sm_count", lambda index: 132)
+    assert tiling.dkv_short_grid(per_sm * 132, torch.device("cuda", 0))
+    assert not tiling.dkv_short_grid(per_sm * 132 + 1, torch.device("cuda", 0))
+    t = tiling.with_fields(tiling.tiles(32), ["gqa_dkv=32:1:168", "gqa_dkv_short=16:1:0"])
+    assert tiling.dkv_launch_args(t, 2, short_grid=True) == {"BMS": 16, "num_warps": t.dkv_warps or t.bwd_warps,
+                                                             "num_stages": 1}
+    assert tiling.dkv_launch_args(t, 2, short_grid=False)["BMS"] == 32
+    assert tiling.dkv_launch_args(t, 1, short_grid=True)["BMS"] == t.BMS
+
+    seen, real = [], attention_ops.launch
+
+    def spy(fn, grid, **kw):
+        if fn is attention_ops.adasplash_bwd_kernel_dkv:
+            seen.append((grid[0] * grid[1], kw["BMS"]))
+            kw.pop("maxnreg", None)  # a register cap means nothing to the interpreter
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(attention_ops, "launch", spy)
+    monkeypatch.setattr(attention_ops, "tiles", lambda d: t)
+    a = torch.tensor([1.5, 4 / 3, 1.25, 2.0], dtype=torch.float64)
+    for hkv in (1, 2):  # 3 key blocks: 3 programs (short) and 6 (long)
+        q, k, v = _grad_inputs(1, 4, hkv, 70, 70, 32, torch.float32)
+        out = adasplash_attention_triton(q, k, v, a, is_causal=True)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v), g)
+        qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+        ref = attention_reference(qd, kd, vd, a, is_causal=True)
+        for x, y in zip(grads, torch.autograd.grad(ref, (qd, kd, vd), g.double())):
+            assert (x.double() - y).abs().max().item() <= 1e-4 * y.abs().max().item()
+    assert seen == [(3, 16), (6, 32)]
+
+
 def test_gqa_dkv_settings_take_their_slices_and_cap(monkeypatch):
     # under GQA the dk/dv kernel takes Tiles.gqa_dkv's (rows per slice, stages, register cap); without GQA the
     # plain settings. The slice height changes only the order of the sums: gradients match the reference either way

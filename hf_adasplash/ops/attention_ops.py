@@ -26,6 +26,7 @@ from hf_adasplash.ops.tiling import (
     MAX_TAU_ITERS,
     bwd_heavy_first,
     dkv_launch_args,
+    dkv_short_grid,
     dq_launch_args,
     flat_dispatch,
     fold_args,
@@ -358,7 +359,7 @@ def _bwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
     heavy = bwd_heavy_first(t, flags["IS_CAUSAL"], NKB * B * Hkv, q.device)
     plan.steps.append(Step(adasplash_bwd_kernel_dkv, (B * Hkv, NKB) if heavy else (NKB, B * Hkv), dict(
         CH=LIST_CHUNK, HEAVY_FIRST=heavy, **_io_strides(strides, dk=example["dk"], dv=example["dv"]),
-        **{**common, **dkv_launch_args(t, Hq // Hkv)},
+        **{**common, **dkv_launch_args(t, Hq // Hkv, dkv_short_grid(NKB * B * Hkv, q.device))},
     ), {"do": "do", "dk": "dk", "dv": "dv", "tile_gap": "tile_gap", "tile_thr": "tile_thr", "q_list": "q_list",
         **common_tensors}))
     return plan

@@ -34,6 +34,9 @@ class Tiles:
     # (BMS, dkv stages, dkv register cap) when the dk/dv kernel loops over several query heads per KV head (GQA);
     # 0s: as above
     gqa_dkv: tuple[int, int, int] = (0, 0, 0)
+    # the same when the GQA dk/dv grid is short (``dkv_short_grid``): the narrow capped slices that fit 3 programs on
+    # an SM pay only when there are programs to fill them; a short grid wants each program's latency low
+    gqa_dkv_short: tuple[int, int, int] = (0, 0, 0)
     # the main forward kernel at inference with half-precision inputs (no backward follows): a register cap (0: the
     # compiler's choice) and its stages (0: fwd_stages). At D = 64, 128 registers and 2 stages (80 KiB of shared
     # memory) put two 8-warp programs on an SM instead of one (NOTES v21)
@@ -131,11 +134,13 @@ def tiles(head_dim: int) -> Tiles:
     # v21 (NOTES): the inference forward at D = 64 capped at 128 registers with 2 stages (two programs per SM, 240 B
     # of stack): its output kernel -14% on dense 4k, -23% on 16k local; training keeps 220 registers and 4 stages
     # (fwd+bwd +4% with 2 stages).
+    # v23 (NOTES): GQA dk/dv on a short grid (<= 4 programs per SM; Qwen2.5-0.5B's 14 query heads on 2 KV heads at
+    # 2 x 4096) in 64-row slices without the cap: -18 to -23%; SmolLM2's longer grid keeps the v15/v18 settings.
     if BD <= 64:
         return Tiles(128, 64, BD, 8, 4, 4, 2, 64, 128, 64, fwd_ent_warps=8, fwd_ent_stages=3, solve_bn=16,
                      solve_bn_square=16, square_solve=(32, 4, True, 168), grid_solve_bn=64, scan_maxnreg=128,
-                     gqa_dkv=(32, 1, 168), dq_maxnreg=128, tile_max_start=4, solve_maxnreg=128,
-                     fwd_infer_maxnreg=128, fwd_infer_stages=2)
+                     gqa_dkv=(32, 1, 168), gqa_dkv_short=(64, 1, 0), dq_maxnreg=128, tile_max_start=4,
+                     solve_maxnreg=128, fwd_infer_maxnreg=128, fwd_infer_stages=2)
     if BD <= 128:
         return Tiles(128, 64, BD, 8, 3, 8, 2, 64, 32, 128, dkv_warps=4, dkv_stages=2, o3_fwd=False, solve_bn=64,
                      solve_bn_square=64, tile_max_start=4)
@@ -233,9 +238,25 @@ def bwd_heavy_first(t: Tiles, causal: bool, programs: int, device) -> bool:
     return programs <= HEAVY_FIRST_MAX_PROGRAMS_PER_SM * _sm_count(device.index)
 
 
-def dkv_launch_args(t: Tiles, group: int) -> dict[str, int]:
-    """The dk/dv kernel's row slice and launch options for ``group`` query heads per KV head."""
-    if group > 1 and t.gqa_dkv[0]:
+# GQA dk/dv at D = 64, H200 (132 SMs), alpha 4/3 snapped (NOTES v23): 64-row slices without a cap against 32-row
+# slices capped at 168 registers, by programs (B x KV heads x key blocks): -18 to -23% at 128-512, level at 640,
+# +5 to +8% at 768 (SmolLM2's 4 x 3 x 64), +1.5% at 1152.
+DKV_SHORT_GRID_PROGRAMS_PER_SM = 4
+INTERPRETER_SMS = 1  # the interpreter has no SMs: one, so that tiny test grids take both settings
+
+
+def dkv_short_grid(programs: int, device) -> bool:
+    """Whether a GQA dk/dv grid of ``programs`` is short enough for ``Tiles.gqa_dkv_short``."""
+    sms = _sm_count(device.index) if device.type == "cuda" else INTERPRETER_SMS
+    return programs <= DKV_SHORT_GRID_PROGRAMS_PER_SM * sms
+
+
+def dkv_launch_args(t: Tiles, group: int, short_grid: bool = False) -> dict[str, int]:
+    """The dk/dv kernel's row slice and launch options for ``group`` query heads per KV head (``short_grid``: see
+    ``dkv_short_grid``)."""
+    if group > 1 and short_grid and t.gqa_dkv_short[0]:
+        bms, stages, maxnreg = t.gqa_dkv_short
+    elif group > 1 and t.gqa_dkv[0]:
         bms, stages, maxnreg = t.gqa_dkv
     else:
         bms, stages, maxnreg = t.BMS, t.dkv_stages or t.bwd_stages, t.dkv_maxnreg
