@@ -34,6 +34,9 @@ def test_learned_alpha_trains_saves_and_reloads(tmp_path, tiny_model, corpus):
     summary = json.loads((out / "finetune.json").read_text())
     assert summary["steps"] == 4 and summary["tokens"] == 4 * 2 * 2 * 32
     assert summary["tokens_per_s"] > 0 and summary["eval"]["ppl"] > 1
+    # how many passes over the training split the run made (a small split overfits a large model: README)
+    assert summary["train_blocks"] > 0
+    assert summary["epochs"] == pytest.approx(4 * 2 * 2 / summary["train_blocks"], abs=1e-3)
     logs = [h for h in summary["history"] if "loss" in h]  # logged every step: steps 2..4 are the second half
     expected = (logs[-1]["tokens"] - logs[1]["tokens"]) / (logs[-1]["seconds"] - logs[1]["seconds"])
     assert summary["tokens_per_s_second_half"] == pytest.approx(expected, rel=1e-3)

@@ -87,6 +87,8 @@ def test_finetune_eval_card_chain(tmp_path, tiny_model, corpus):
     assert text.startswith("---\nlibrary_name: transformers")
     assert f"{ppl['sdpa']:.3f}" in text and f"{ppl['adasplash']:.3f}" in text
     assert "2 layers x 4 heads" in text and "all-zero" in text and "$" not in text.replace("$$", "")
+    epochs = json.loads((ft / "finetune.json").read_text())["epochs"]
+    assert f"{epochs:.2f} epochs of the split" in text
 
 
 def test_card_needs_a_finetune_folder(tmp_path, capsys):
@@ -210,5 +212,6 @@ def test_card_names_an_offline_base_model_and_its_license(tmp_path):
     assert main(["card", str(ft), "-o", str(card)]) == 0
     head = card.read_text().split("---")[1]
     assert "base_model: google/gemma-3-270m" in head and "license: gemma" in head
+    assert "epochs of the split" not in card.read_text()  # a run recorded before finetune counted its epochs
     assert main(["card", str(ft), "--license", "other", "-o", str(card)]) == 0
     assert "license: other" in card.read_text()
