@@ -362,7 +362,7 @@ def _eval_and_log(accelerator, model, unwrapped, eval_loader, evals, step, state
 
 
 # Past this many passes over the training split, finetune says that held-out perplexity can rise: Qwen2.5-0.5B
-# memorised shakespeare over SmolLM2's 6.4-epoch recipe (held-out perplexity 148 against ~72 before; README).
+# memorised shakespeare over SmolLM2's ~6-epoch recipe (held-out perplexity 148 against ~72 before; README).
 MANY_EPOCHS = 2.0
 
 
