@@ -47,6 +47,9 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--summarize-only", action="store_true",
                    help="skip the runs: rebuild compare.json, compare.png and the card from the files in --output-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the steps already done in --output-dir (a run's finetune.json of this recipe, an eval's "
+                   "JSON, sparsity.json) and run the rest: a compare cut short by a time limit goes on from there")
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="reuse the softmax run and its eval from another compare's --output-dir (its recipe must "
                    "match this one's, alpha options aside): a sweep over alpha options trains sdpa once")
@@ -97,6 +100,8 @@ def summarize(out: Path) -> dict:
 # the finetune recipe the sdpa run shares with the adasplash run (what a reused baseline must match)
 SHARED_RECIPE = ("model", "dataset", "dataset_config", "split", "eval_split", "text_column", "context_length",
                  "batch_size", "grad_accum", "max_steps", "lr", "warmup_steps", "seed", "gradient_checkpointing")
+# ...and the adasplash run's own (what --resume also checks for it)
+ALPHA_RECIPE = ("alpha_init", "alpha_lr", "min_alpha", "max_alpha", "alpha_snap_step")
 
 
 def reuse_baseline(src: Path, out: Path, args) -> None:
@@ -119,6 +124,26 @@ def reuse_baseline(src: Path, out: Path, args) -> None:
     (out / "sdpa").mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "sdpa" / "finetune.json", out / "sdpa" / "finetune.json")
     shutil.copy2(src / "eval-sdpa.json", out / "eval-sdpa.json")
+
+
+def _done(path: Path, argv: list[str], args) -> bool:
+    """Whether ``--resume`` keeps the step that wrote ``path``: it exists, and a run's record is this recipe's."""
+    if not path.is_file():
+        return False
+    if argv[0] != "finetune":
+        return True
+    from hf_adasplash.assets import UserError
+
+    recipe = json.loads(path.read_text()).get("recipe", {})
+    attn = argv[argv.index("--attn") + 1]
+    diff = {k: (recipe.get(k), getattr(args, k)) for k in SHARED_RECIPE if recipe.get(k) != getattr(args, k)}
+    if attn == "adasplash":
+        diff.update({k: (recipe.get(k), getattr(args, k)) for k in ALPHA_RECIPE if recipe.get(k) != getattr(args, k)})
+    if recipe.get("attn") != attn:
+        diff["attn"] = (recipe.get("attn"), attn)
+    if diff:
+        raise UserError(f"--resume: {path} is another recipe's run; differing (there, here): {diff}")
+    return True
 
 
 def run(args) -> int:
@@ -152,6 +177,10 @@ def run(args) -> int:
          "--context-length", str(args.context_length), "--num-sequences", str(args.sparsity_sequences),
          "-o", str(out / "sparsity")],
     ]
+    # what each step writes, and the run it reads (a step after a rerun run is rerun too)
+    done_file = [out / "sdpa" / "finetune.json", out / "adasplash" / "finetune.json", out / "eval-sdpa.json",
+                 out / "eval-adasplash.json", out / "sparsity" / "sparsity.json"]
+    run_of = ["sdpa", "adasplash", "sdpa", "adasplash", "adasplash"]
     card = ["card", str(out / "adasplash"), "--eval", str(out / "eval-sdpa.json"), str(out / "eval-adasplash.json"),
             "--sparsity", str(out / "sparsity" / "sparsity.json"), "--compare", str(out / "compare.json"),
             "-o", args.card or str(out / "adasplash" / "README.md")]
@@ -159,9 +188,17 @@ def run(args) -> int:
         card += ["--name", Path(args.card).stem]
     if args.baseline and not args.summarize_only:
         reuse_baseline(Path(args.baseline), out, args)
-        steps = [steps[1], *steps[3:]]  # the adasplash run, its eval and sparsity
+        keep = [1, 3, 4]  # the adasplash run, its eval and sparsity
+        steps, done_file, run_of = ([x[i] for i in keep] for x in (steps, done_file, run_of))
+    rerun: set[str] = set()
     for i, argv in enumerate([] if args.summarize_only else steps, 1):
-        console().print(f"[bold]compare {i}/{len(steps) + 1}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}")
+        label = f"[bold]compare {i}/{len(steps) + 1}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}"
+        if args.resume and run_of[i - 1] not in rerun and _done(done_file[i - 1], argv, args):
+            console().print(f"{label} (done: kept)")
+            continue
+        console().print(label)
+        if argv[0] == "finetune":
+            rerun.add(run_of[i - 1])
         rc = main(argv)
         if rc:
             return rc

@@ -70,3 +70,30 @@ def test_compare_reuses_a_matching_baseline_and_refuses_another_recipe(tmp_path,
     assert rc != 0
     assert "lr" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "c" / "adasplash").exists()
+
+
+def test_compare_resume_keeps_the_steps_done_and_refuses_another_recipe(tmp_path, tiny_model, corpus, capsys):
+    # a compare cut short (here: its adasplash eval and sparsity lost) goes on with --resume: the runs are kept, the
+    # missing steps run; a run recorded for another recipe is refused rather than reused
+    common = ["compare", "--model", str(tiny_model), "--dataset", str(corpus), "--context-length", "32",
+              "--batch-size", "2", "--grad-accum", "1", "--max-steps", "2", "--eval-tokens", "256",
+              "--sparsity-sequences", "1", "--alpha-init", "1.5", "--no-progress"]
+    out = tmp_path / "cmp"
+    assert main([*common, "-o", str(out)]) == 0
+    kept = {p: p.stat().st_mtime_ns for p in (out / "sdpa" / "finetune.json", out / "adasplash" / "finetune.json",
+                                             out / "eval-sdpa.json")}
+    first = json.loads((out / "compare.json").read_text())
+    (out / "eval-adasplash.json").unlink()
+    import shutil
+
+    shutil.rmtree(out / "sparsity")
+    capsys.readouterr()
+    assert main([*common, "--resume", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.count("(done:") == 3  # "(done: kept)", which the console may wrap
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (out / "eval-adasplash.json").is_file() and (out / "sparsity" / "sparsity.json").is_file()
+    again = json.loads((out / "compare.json").read_text())
+    assert again["perplexity"] == first["perplexity"] and again["tokens_per_s"] == first["tokens_per_s"]
+    # another alpha recipe: the adasplash run on disk is not this one's
+    rc = main([*common[:-3], "--alpha-init", "1.3", "--no-progress", "--resume", "-o", str(out)])
+    assert rc != 0 and "alpha_init" in capsys.readouterr().err.replace("\n", " ")
