@@ -288,8 +288,12 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
              b_tau, pm1, anchor, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, BNT: tl.constexpr,
              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
              HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr, KIND: tl.constexpr, NEED_U2: tl.constexpr,
-             LATE_SUM: tl.constexpr):
-    """One pass over the listed tiles at tau = m + b_tau: per row S0 = sum x^p, S1 = sum x^(p-1), S2 = sum x^(p-2)."""
+             LATE_SUM: tl.constexpr, ROW_LIVE: tl.constexpr = False, b_lim=None, p_gap=None, check=False):
+    """One pass over the listed tiles at tau = m + b_tau: per row S0 = sum x^p, S1 = sum x^(p-1), S2 = sum x^(p-2).
+
+    ``ROW_LIVE`` (with ``check``): a listed tile where no row's max beats that row's certified bound (``b_lim`` =
+    bound - b_tau) holds no weight; its gap is set to -inf, so the list's last compaction and dk/dv's query lists
+    drop it. The list's own test takes one threshold for the whole block (its lowest bound; bench/NOTES.md v23)."""
     # LATE_SUM: per-thread partial sums, reduced across threads once after the loop (as flash attention keeps its
     # row sum) instead of three cross-thread reductions per slice; costs three [BM, BNT] accumulators
     b_s0 = tl.zeros([BM], dtype=tl.float32)
@@ -301,13 +305,22 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
     # each listed tile in slices of BNT keys: a [BM, BNT] score slice and its three powers are what the pass holds
     # (the general power's log2/exp2 tiles at BNT = BN alone took 255 registers); alpha = 1.5, 2 and 4/3 to 6/5,
     # bound by the dots rather than the special-function units, take wider slices (BNT_SQ)
+    b_rm = tl.full([BM], float("-inf"), tl.float32)
     for i_s in range(0, cnt * (BN // BNT)):
-        n0 = tl.load(p_idx + i_s // (BN // BNT)) * BN + (i_s % (BN // BNT)) * BNT
+        i_tile = tl.load(p_idx + i_s // (BN // BNT))
+        n0 = i_tile * BN + (i_s % (BN // BNT)) * BNT
         b_z, b_kt = score_tile(b_q, k_base, stride_kn, n0, o_m, o_d, m_d, m0, m1, Nk, off, W, b_qp, k_pos_base,
                                kpm_base, scale, softcap, zs, BNT, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM,
                                HAS_SOFTCAP, DOT_PREC)
         # [BM, BNT]
         b_r = z_minus_tau(b_z, b_m[:, None], b_tau[:, None], DOT_PREC)
+        if ROW_LIVE and KIND != POW_NEAR1:  # (that class's offsets carry an anchor: not tested)
+            b_rm = tl.maximum(b_rm, tl.max(b_r, 1))
+            last = (i_s % (BN // BNT)) == BN // BNT - 1
+            # rows with no visible key carry b_lim = nan (inf - inf): never live
+            dead = tl.max((b_rm > b_lim).to(tl.int32), 0) == 0
+            tl.store(p_gap + i_tile, float("-inf"), mask=last & dead & check)
+            b_rm = tl.where(last, float("-inf"), b_rm)
         if KIND == POW_NEAR1:  # only this class has an anchor (near1_anchor)
             b_x = tl.maximum(x_of_r(b_r, anchor, DOT_PREC), 0.0)
         else:
@@ -336,7 +349,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
               HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
               CH: tl.constexpr, HALLEY: tl.constexpr, HALLEY_GENERAL: tl.constexpr, LATE_SUM: tl.constexpr,
               STRICT_TOL: tl.constexpr = False, b_start=None, TILE_MAX_START: tl.constexpr = False,
-              FIRST_FOLD: tl.constexpr = False):
+              FIRST_FOLD: tl.constexpr = False, ROW_LIVE: tl.constexpr = False):
     """Phase B: tau per row from the row max ``b_m``; returns (row max, tau - row max, list threshold, list length).
 
     ``TILE_MAX_START``: heads with alpha <= 1.5 start at ``b_start`` (the scan's ``tile_max_start``, a certified
@@ -419,7 +432,7 @@ def solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, 
                             BNT_SQ if (K == POW_SQUARE) | (K == POW_LINEAR) | (K == POW_INT) else BNT, IS_CAUSAL,
                             HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, K,
                             (K != POW_LINEAR) & HALLEY & ((K == POW_SQUARE) | (K == POW_INT) | HALLEY_GENERAL),
-                            LATE_SUM)
+                            LATE_SUM, ROW_LIVE, b_lo - b_tau, p_gap, it > 0)
             ok = row_ok & (b_s1 > 0)
             b_s0 = tl.where(ok, b_s0, 1.0)
             b_s1 = tl.where(ok, b_s1, 1.0)
@@ -512,6 +525,7 @@ def adasplash_fwd_tau_kernel(
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
     STRICT_TOL: tl.constexpr = False, TILE_MAX_START: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False,
+    ROW_LIVE: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs. ``TILE_MAX_START``: the
@@ -543,7 +557,7 @@ def adasplash_fwd_tau_kernel(
                                      pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi, BM, BN, BNT, BNT_SQ,
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
                                      HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start, TILE_MAX_START,
-                                     FIRST_FOLD)
+                                     FIRST_FOLD, ROW_LIVE)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)

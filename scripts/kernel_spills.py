@@ -122,7 +122,7 @@ def cases(D: int, t, fp32: bool = False):
                 continue
             tau_args = dict(base, HEAVY_FIRST=ts.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
                             **tau_pass_args(ts), HALLEY=ts.halley, HALLEY_GENERAL=ts.halley_general,
-                            TILE_MAX_START=topk > 0)
+                            TILE_MAX_START=topk > 0, ROW_LIVE=ts.row_live)
             yield f"fwd tau (phase B){hint}", adasplash_fwd_tau_kernel, tau_args, solve_launch_args(ts)
             if not hint:  # a learning alpha: d(alpha) needs the fp32 tolerance
                 yield ("fwd tau (phase B) alpha learns", adasplash_fwd_tau_kernel, dict(tau_args, STRICT_TOL=True),

@@ -6,7 +6,7 @@ strided views), then times with torch.profiler, for alpha 1.3 and 1.5 as learnab
 forward+backward: the real inputs, the same made contiguous, random inputs of that shape (GQA 9/3), and SDPA on each;
 per tau-kernel slice variant. Needs a GPU and the offline assets.
 
-    python scripts/profile_real_qk.py default,bn32-late,bn64 real_qk.json
+    python scripts/profile_real_qk.py default,bn32-late,bn64,row-live real_qk.json
 """
 import dataclasses
 import json
@@ -53,7 +53,8 @@ inputs = {
 base = tiling.tiles(64)
 variants = {"default": base,
             "bn32-late": dataclasses.replace(base, solve_bn=32, solve_bn_square=32, solve_late_sum=True),
-            "bn64": dataclasses.replace(base, solve_bn=64, solve_bn_square=64)}
+            "bn64": dataclasses.replace(base, solve_bn=64, solve_bn_square=64),
+            "row-live": dataclasses.replace(base, row_live=True)}
 only = sys.argv[1].split(",") if len(sys.argv) > 1 else None
 
 

@@ -670,6 +670,49 @@ def test_launch_plans_follow_the_settings_and_hooks_in_force(monkeypatch):
     assert torch.equal(outs[0], outs[2])  # the same plan replayed: the same launches
 
 
+def test_row_live_drops_a_listed_tile_no_row_needs(monkeypatch):
+    # Tiles.row_live: built so that the block's one threshold keeps a tile no row needs. alpha = 1.5, z = (alpha - 1)
+    # scale q.k: rows 0-15 score 4 on key 0 alone (tau = m - 1); rows 16-31 score 4 on keys 1 and 2 (tau = m - 1/sqrt2)
+    # and 3.2 on key 40, in the second key tile. Its gap (-0.8) beats the block's lowest offset (-1): listed, though
+    # no row gives it weight. With row_live the tau kernel's second pass drops it; the results stay the reference's.
+    from hf_adasplash.ops import tiling
+
+    D, z_top = 32, 4.0
+    c = z_top / (0.5 * D**-0.5)
+    q = torch.zeros(1, 1, 32, D)
+    q[0, 0, :16, 0] = 1.0
+    q[0, 0, 16:, 1] = 1.0
+    k = torch.zeros(1, 1, 64, D)
+    k[0, 0, 0, 0] = c
+    k[0, 0, 1:3, 1] = c
+    k[0, 0, 40, 1] = c * 0.8
+    v = torch.randn(1, 1, 64, D)
+    a = torch.tensor([1.5])
+    seen, real = {}, attention_ops.launch
+
+    def spy(fn, grid, **kw):
+        real(fn, grid, **kw)
+        if fn is attention_ops.adasplash_fwd_tau_kernel:
+            seen[key] = kw["tile_cnt"].flatten().tolist()
+
+    monkeypatch.setattr(attention_ops, "launch", spy)
+    base = tiling.tiles(D)
+    assert base.BM == 32 and base.BN == 32  # the interpreter's tiles: one row block, two key tiles
+    qd, kd, vd = (x.double().requires_grad_() for x in (q, k, v))
+    ref = attention_reference(qd, kd, vd, a.double(), is_causal=False)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (qd, kd, vd), g)
+    for key in (False, True):
+        t = tiling.with_fields(base, [f"row_live={int(key)}"])
+        monkeypatch.setattr(attention_ops, "tiles", lambda d, t=t: t)
+        qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+        out = adasplash_attention_triton(qq, kk, vv, a, is_causal=False)
+        assert (out.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+        for x, y in zip(torch.autograd.grad(out, (qq, kk, vv), g.float()), ref_grads):
+            assert (x.double() - y).abs().max().item() <= 1e-4 * max(y.abs().max().item(), 1.0)
+    assert seen == {False: [2], True: [1]}
+
+
 def test_gqa_dkv_short_grid_takes_its_own_slices(monkeypatch):
     # a GQA dk/dv grid of at most DKV_SHORT_GRID_PROGRAMS_PER_SM programs per SM takes Tiles.gqa_dkv_short, a longer
     # one Tiles.gqa_dkv (the interpreter counts one SM); without GQA neither. Gradients match the reference either way

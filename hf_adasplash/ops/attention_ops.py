@@ -216,7 +216,7 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
             **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
             **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
             STRICT_TOL=need_ent and t.strict_tol_learning, TILE_MAX_START=topk > 0,
-            FIRST_FOLD=not need_bwd,
+            FIRST_FOLD=not need_bwd, ROW_LIVE=t.row_live,
             **solve_launch_args(t),
         ), {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
             "tile_cnt": "tile_cnt", **common_tensors}))

@@ -76,6 +76,10 @@ class Tiles:
     # the tau loop starts from a bound the scan solves from each row's this many (<= 4) largest tile maxima (alpha
     # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19)
     tile_max_start: int = 0
+    # the tau kernel's passes after the first drop a listed tile where no row's max beats that row's certified bound
+    # (the list's own test takes the block's lowest bound: on SmolLM2's real q/k it keeps 54% of the tiles where 45%
+    # hold weight, at alpha 4/3; bench/NOTES.md v23). Off until timed on a GPU
+    row_live: bool = False
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
     # ...in groups of heads whose K and V fit this many KiB (of the H100's 50 MiB L2; ``heavy_group``); 0: one group
     heavy_group_kib: int = 32768
