@@ -111,14 +111,11 @@ def reuse_baseline(src: Path, out: Path, args) -> None:
     from hf_adasplash.assets import UserError
     from hf_adasplash.cli._common import read_json
 
-    recipe = read_json(src / "sdpa" / "finetune.json").get("recipe", {})
     ev = read_json(src / "eval-sdpa.json")
-    diff = {k: (recipe.get(k), getattr(args, k)) for k in SHARED_RECIPE if recipe.get(k) != getattr(args, k)}
+    diff = _recipe_diff(read_json(src / "sdpa" / "finetune.json"), args, "sdpa")
     wanted_eval = {"attn": "sdpa", "dataset": args.dataset, "split": args.eval_split,
                    "max_length": args.context_length}
     diff.update({f"eval {k}": (ev.get(k), v) for k, v in wanted_eval.items() if ev.get(k) != v})
-    if recipe.get("attn") != "sdpa":
-        diff["attn"] = (recipe.get("attn"), "sdpa")
     if diff:
         raise UserError(f"--baseline {src} is not this recipe's softmax run; differing (baseline, here): {diff}")
     (out / "sdpa").mkdir(parents=True, exist_ok=True)
@@ -126,23 +123,28 @@ def reuse_baseline(src: Path, out: Path, args) -> None:
     shutil.copy2(src / "eval-sdpa.json", out / "eval-sdpa.json")
 
 
-def _done(path: Path, argv: list[str], args) -> bool:
-    """Whether ``--resume`` keeps the step that wrote ``path``: it exists, and a run's record is this recipe's."""
-    if not path.is_file():
-        return False
-    if argv[0] != "finetune":
-        return True
-    from hf_adasplash.assets import UserError
-
-    recipe = json.loads(path.read_text()).get("recipe", {})
-    attn = argv[argv.index("--attn") + 1]
-    diff = {k: (recipe.get(k), getattr(args, k)) for k in SHARED_RECIPE if recipe.get(k) != getattr(args, k)}
-    if attn == "adasplash":
-        diff.update({k: (recipe.get(k), getattr(args, k)) for k in ALPHA_RECIPE if recipe.get(k) != getattr(args, k)})
+def _recipe_diff(run: dict, args, attn: str) -> dict:
+    """The fields where a run's ``finetune.json`` record differs from this compare's ``attn`` run, as (there, here):
+    the shared recipe, and for adasplash the alpha options too."""
+    recipe = run.get("recipe", {})
+    fields = SHARED_RECIPE + (ALPHA_RECIPE if attn == "adasplash" else ())
+    diff = {k: (recipe.get(k), getattr(args, k)) for k in fields if recipe.get(k) != getattr(args, k)}
     if recipe.get("attn") != attn:
         diff["attn"] = (recipe.get("attn"), attn)
-    if diff:
-        raise UserError(f"--resume: {path} is another recipe's run; differing (there, here): {diff}")
+    return diff
+
+
+def _done(path: Path, finetune_of: str | None, args) -> bool:
+    """Whether ``--resume`` keeps the step that wrote ``path``: it exists, and a run's record (``finetune_of``: the
+    run's attention) is this recipe's."""
+    if not path.is_file():
+        return False
+    if finetune_of:
+        from hf_adasplash.assets import UserError
+
+        diff = _recipe_diff(json.loads(path.read_text()), args, finetune_of)
+        if diff:
+            raise UserError(f"--resume: {path} is another recipe's run; differing (there, here): {diff}")
     return True
 
 
@@ -167,20 +169,19 @@ def run(args) -> int:
     held_out = [*data, "--split", args.eval_split, "--context-length", str(args.context_length)]
     if args.eval_tokens:
         held_out += ["--max-tokens", str(args.eval_tokens)]
+    # (argv, the file the step writes, the run it reads): a step after a run that reran reruns too (--resume)
     steps = [
-        ["finetune", *recipe, "--attn", "sdpa", "-o", str(out / "sdpa")],
-        ["finetune", *recipe, "--attn", "adasplash", *learned, "-o", str(out / "adasplash")],
-        ["eval", "--model", str(out / "sdpa"), "--attn", "sdpa", *held_out, "-o", str(out / "eval-sdpa.json")],
-        ["eval", "--model", str(out / "adasplash"), "--attn", "adasplash", *held_out,
-         "-o", str(out / "eval-adasplash.json")],
-        ["sparsity", "--model", str(out / "adasplash"), *data, "--split", args.eval_split,
-         "--context-length", str(args.context_length), "--num-sequences", str(args.sparsity_sequences),
-         "-o", str(out / "sparsity")],
+        (["finetune", *recipe, "--attn", "sdpa", "-o", str(out / "sdpa")], out / "sdpa" / "finetune.json", "sdpa"),
+        (["finetune", *recipe, "--attn", "adasplash", *learned, "-o", str(out / "adasplash")],
+         out / "adasplash" / "finetune.json", "adasplash"),
+        (["eval", "--model", str(out / "sdpa"), "--attn", "sdpa", *held_out, "-o", str(out / "eval-sdpa.json")],
+         out / "eval-sdpa.json", "sdpa"),
+        (["eval", "--model", str(out / "adasplash"), "--attn", "adasplash", *held_out,
+          "-o", str(out / "eval-adasplash.json")], out / "eval-adasplash.json", "adasplash"),
+        (["sparsity", "--model", str(out / "adasplash"), *data, "--split", args.eval_split,
+          "--context-length", str(args.context_length), "--num-sequences", str(args.sparsity_sequences),
+          "-o", str(out / "sparsity")], out / "sparsity" / "sparsity.json", "adasplash"),
     ]
-    # what each step writes, and the run it reads (a step after a rerun run is rerun too)
-    done_file = [out / "sdpa" / "finetune.json", out / "adasplash" / "finetune.json", out / "eval-sdpa.json",
-                 out / "eval-adasplash.json", out / "sparsity" / "sparsity.json"]
-    run_of = ["sdpa", "adasplash", "sdpa", "adasplash", "adasplash"]
     card = ["card", str(out / "adasplash"), "--eval", str(out / "eval-sdpa.json"), str(out / "eval-adasplash.json"),
             "--sparsity", str(out / "sparsity" / "sparsity.json"), "--compare", str(out / "compare.json"),
             "-o", args.card or str(out / "adasplash" / "README.md")]
@@ -188,17 +189,17 @@ def run(args) -> int:
         card += ["--name", Path(args.card).stem]
     if args.baseline and not args.summarize_only:
         reuse_baseline(Path(args.baseline), out, args)
-        keep = [1, 3, 4]  # the adasplash run, its eval and sparsity
-        steps, done_file, run_of = ([x[i] for i in keep] for x in (steps, done_file, run_of))
+        steps = [steps[1], *steps[3:]]  # the adasplash run, its eval and sparsity
     rerun: set[str] = set()
-    for i, argv in enumerate([] if args.summarize_only else steps, 1):
+    for i, (argv, writes, run_name) in enumerate([] if args.summarize_only else steps, 1):
         label = f"[bold]compare {i}/{len(steps) + 1}:[/] hf-adasplash {' '.join(argv[:1] + argv[-2:])}"
-        if args.resume and run_of[i - 1] not in rerun and _done(done_file[i - 1], argv, args):
+        is_run = argv[0] == "finetune"
+        if args.resume and run_name not in rerun and _done(writes, run_name if is_run else None, args):
             console().print(f"{label} (done: kept)")
             continue
         console().print(label)
-        if argv[0] == "finetune":
-            rerun.add(run_of[i - 1])
+        if is_run:
+            rerun.add(run_name)
         rc = main(argv)
         if rc:
             return rc
