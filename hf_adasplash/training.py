@@ -223,9 +223,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise UserError(f"{len(train)} training blocks cannot fill one optimizer step of batch {cfg.batch_size} x "
                         f"accumulation {cfg.grad_accum} x {accelerator.num_processes} processes")
     data = {"train_blocks": len(train), "epochs": round(epochs_covered(cfg, len(train), accelerator.num_processes), 3)}
+    memorise = " (held-out perplexity can rise as the model memorises the split)" * (data["epochs"] > MANY_EPOCHS)
     accelerator.print(f"training split: {len(train)} blocks of {cfg.context_length} tokens; {cfg.max_steps} steps "
-                      f"cover {data['epochs']:.2f} epochs" + (" (held-out perplexity can rise as the model memorises "
-                                                              "the split)" if data["epochs"] > MANY_EPOCHS else ""))
+                      f"cover {data['epochs']:.2f} epochs{memorise}")
     model = _build_model(cfg, path)
     optimizer = _optimizer(cfg, model)
     # The prepared scheduler steps once per process per optimizer step (Accelerate's convention): scale to match.
