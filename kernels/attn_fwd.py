@@ -41,7 +41,6 @@ from hf_adasplash.kernels.attn_utils import (
     POW_SQUARE,
     alpha_terms,
     compact,
-    count_above,
     dot_to_z,
     entmax_log2_of,
     entmax_u,
@@ -217,22 +216,18 @@ def scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i0, i1
 @triton.jit
 def scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i0, i1, b_m, b_t2, b_t3, b_t4, p_gap, scale, softcap,
                zs, BN: tl.constexpr, D_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr,
-               TOPK: tl.constexpr, k_desc=None):
+               TOPK: tl.constexpr):
     """Tiles i0 .. i1 - 1, known to lie inside every boundary: no masks and no per-tile test, and the row max is
-    taken on the raw dot (the scale is positive, so it commutes with max). ``k_desc``: K's tiles through a TMA
-    descriptor (``scan_tiles``' ``K_TMA``) instead of pointer loads."""
+    taken on the raw dot (the scale is positive, so it commutes with max)."""
     # in-tile offsets fit 32 bits; the tile's start is a 64-bit scalar
     o_kt = tl.arange(0, BN)[None, :] * stride_kn + o_d[:, None]
     for i_t in range(i0, i1):
-        if k_desc is not None:
-            b_s = tl.dot(b_q, tl.trans(k_desc.load([lo + i_t * BN, 0])), input_precision=DOT_PREC)
+        p_k = k_base + (lo + i_t * BN).to(tl.int64) * stride_kn + o_kt
+        if D_PAD:
+            b_kt = tl.load(p_k, mask=m_d[:, None], other=0.0)
         else:
-            p_k = k_base + (lo + i_t * BN).to(tl.int64) * stride_kn + o_kt
-            if D_PAD:
-                b_kt = tl.load(p_k, mask=m_d[:, None], other=0.0)
-            else:
-                b_kt = tl.load(p_k)
-            b_s = tl.dot(b_q, b_kt, input_precision=DOT_PREC)
+            b_kt = tl.load(p_k)
+        b_s = tl.dot(b_q, b_kt, input_precision=DOT_PREC)
         if HAS_SOFTCAP:
             b_t = tl.max(dot_to_z(b_s, scale, softcap, zs, HAS_SOFTCAP, DOT_PREC), 1)
         else:
@@ -246,13 +241,9 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
                p_gap, scale, softcap, zs, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                DOT_PREC: tl.constexpr, SPLIT: tl.constexpr = 0, D_PAD: tl.constexpr = True,
-               TOPK: tl.constexpr = 0, K_TMA: tl.constexpr = False, D: tl.constexpr = 0, BD: tl.constexpr = 0):
+               TOPK: tl.constexpr = 0):
     """Phase A: the one dense pass. Returns the row max and each row's 2nd to ``TOPK``-th largest tile maxima
     (``top_insert``; -inf where unused) and stores each tile's gap.
-
-    ``K_TMA``: the unmasked loops read K's tiles through a TMA descriptor ([Nk, D] in tiles of [BN, BD]; columns past
-    D read 0). TMA copies a tile with one instruction where pointer loads issue one per 16 bytes and thread: a bare
-    scan loop ran 5-8% faster at D = 64 (H200, bench/NOTES.md v24). The host checks the 16-byte alignments it needs.
 
     Nothing else happens here (the softmax normaliser is summed later, over listed tiles only): the loop then needs
     few registers, and more programs per SM hide its loads.
@@ -265,9 +256,6 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
     # the earlier the running max is close to final, the tighter every later tile's gap.
     n_tiles = tl.cdiv(hi - lo, BN)
     i_diag = tl.minimum(tl.maximum(m0 + off - lo, 0) // BN, tl.maximum(n_tiles - 1, 0))
-    k_desc = None
-    if K_TMA:
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[Nk, D], strides=[stride_kn, 1], block_shape=[BN, BD])
     if SPLIT > 0 and not (HAS_WINDOW or HAS_POS or HAS_KPM):
         # The same order in three loops. Tiles before i_clean lie below the causal diagonal and inside the keys;
         # i_diag <= i_clean, so: clean [i_diag, i_clean), masked [i_clean, n_tiles), then clean [0, i_diag).
@@ -278,7 +266,7 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
         if SPLIT > 1:  # (SPLIT = 1: the tiles after the diagonal all go through the masked loop)
             b_m, b_t2, b_t3, b_t4 = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, i_diag, i_clean, b_m,
                                                b_t2, b_t3, b_t4, p_gap, scale, softcap, zs, BN, D_PAD, HAS_SOFTCAP,
-                                               DOT_PREC, TOPK, k_desc)
+                                               DOT_PREC, TOPK)
         else:
             i_clean = i_diag
         b_m, b_t2, b_t3, b_t4 = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_clean,
@@ -286,8 +274,7 @@ def scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk,
                                             b_t4, p_gap, scale, softcap, zs, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS,
                                             HAS_KPM, HAS_SOFTCAP, DOT_PREC, TOPK)
         b_m, b_t2, b_t3, b_t4 = scan_clean(b_q, k_base, stride_kn, o_d, m_d, m_row, lo, 0, i_diag, b_m, b_t2, b_t3,
-                                           b_t4, p_gap, scale, softcap, zs, BN, D_PAD, HAS_SOFTCAP, DOT_PREC, TOPK,
-                                           k_desc)
+                                           b_t4, p_gap, scale, softcap, zs, BN, D_PAD, HAS_SOFTCAP, DOT_PREC, TOPK)
     else:
         b_m, b_t2, b_t3, b_t4 = scan_masked(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, i_diag,
                                             i_diag + n_tiles, n_tiles, Nk, off, W, b_qp, k_pos_base, kpm_base, b_m,
@@ -304,9 +291,10 @@ def tau_sums(b_q, k_base, stride_kn, p_idx, cnt, o_m, o_d, m_d, m0, m1, Nk, off,
              LATE_SUM: tl.constexpr, ROW_LIVE: tl.constexpr = False, b_lim=None, p_gap=None, check=False):
     """One pass over the listed tiles at tau = m + b_tau: per row S0 = sum x^p, S1 = sum x^(p-1), S2 = sum x^(p-2).
 
-    ``ROW_LIVE`` (with ``check``): a listed tile where no row's max beats that row's certified bound (``b_lim`` =
-    bound - b_tau) holds no weight; its gap is set to -inf, so the list's last compaction and dk/dv's query lists
-    drop it. The list's own test takes one threshold for the whole block (its lowest bound; bench/NOTES.md v23)."""
+    ``ROW_LIVE`` (in the pass where ``check``): a listed tile where no row's max beats that row's certified bound
+    (``b_lim`` = bound - b_tau) holds no weight; its gap is set to -inf, so the list's last compaction and dk/dv's
+    query lists drop it. The list's own test takes one threshold for the whole block (its lowest bound; bench/NOTES.md
+    v23, v24)."""
     # LATE_SUM: per-thread partial sums, reduced across threads once after the loop (as flash attention keeps its
     # row sum) instead of three cross-thread reductions per slice; costs three [BM, BNT] accumulators
     b_s0 = tl.zeros([BM], dtype=tl.float32)
@@ -497,7 +485,7 @@ def adasplash_fwd_scan_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HEAVY_FIRST: tl.constexpr = False,
-    SCAN_SPLIT: tl.constexpr = 0, TOPK: tl.constexpr = 0, K_TMA: tl.constexpr = False,
+    SCAN_SPLIT: tl.constexpr = 0, TOPK: tl.constexpr = 0,
 ):
     """Phase A alone: row max (``rows[0]``) and tile gaps; with ``TOPK`` also the tau kernel's start
     (``rows[1]``, ``tile_max_start`` from each row's TOPK largest tile maxima).
@@ -520,7 +508,7 @@ def adasplash_fwd_scan_kernel(
     b_m, b_t2, b_t3, b_t4 = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
                                        b_qp, k_pos + i_b64 * stride_pkb + bos_k, kpm + i_b64 * stride_mb, p_gap, scale,
                                        softcap, zs, BM, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                       DOT_PREC, SCAN_SPLIT, BD != D, TOPK, K_TMA, D, BD)
+                                       DOT_PREC, SCAN_SPLIT, BD != D, TOPK)
     p_row = rows + i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     tl.store(p_row, b_m, mask=m_row)
     if TOPK > 0:
@@ -540,12 +528,11 @@ def adasplash_fwd_tau_kernel(
     CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
     HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
     STRICT_TOL: tl.constexpr = False, TILE_MAX_START: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False,
-    ROW_LIVE: tl.constexpr = False, ROUTED: tl.constexpr = False,
+    ROW_LIVE: tl.constexpr = False,
 ):
     """Phase B alone: tau from the scan kernel's row max; writes (row max, offset) rows, the tile list and its
     threshold and length. ``STRICT_TOL``: the fp32 tolerance also for half-precision inputs. ``TILE_MAX_START``: the
-    scan left each row's start in the offset row (its ``TOPK``); ``FIRST_FOLD``: see ``solve_tau``. ``ROUTED``: after
-    ``adasplash_fwd_scan_tau_kernel``, only the blocks it left (list length -1).
+    scan left each row's start in the offset row (its ``TOPK``); ``FIRST_FOLD``: see ``solve_tau``.
 
     On dense rows its 3-4 passes over QK^T are most of the forward: without the output accumulators it needs about
     half the main kernel's registers, so more programs share an SM and hide each other's loads and MUFU latency.
@@ -554,10 +541,6 @@ def adasplash_fwd_tau_kernel(
                                                                              G, BM, IS_VARLEN, HEAVY_FIRST, HG)
     if m0 >= Nq:
         return
-    p_blk = i_bh.to(tl.int64) * NMB + i_m
-    if ROUTED:  # noqa: SIM102 (compile time; the test below: device)
-        if tl.load(tile_cnt + p_blk) >= 0:
-            return
     off = Nk - Nq
     o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
                                                           stride_qn, stride_pqb, BM, BD, D, HAS_POS)
@@ -565,6 +548,7 @@ def adasplash_fwd_tau_kernel(
     a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
     b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
     lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
+    p_blk = i_bh.to(tl.int64) * NMB + i_m
     p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
     b_m = tl.max(tl.load(tau + p_row, mask=m_row, other=float("-inf"))[:, None], 1)  # expand + reduce: see main
     b_start = b_m
@@ -577,75 +561,6 @@ def adasplash_fwd_tau_kernel(
                                      IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, MAX_ITERS, DOT_PREC, CH,
                                      HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start, TILE_MAX_START,
                                      FIRST_FOLD, ROW_LIVE)
-    tl.store(tau + p_row, b_m, mask=m_row)
-    tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
-    tl.store(tile_thr + p_blk, thr)
-    tl.store(tile_cnt + p_blk, cnt)
-
-
-@triton.jit(do_not_specialize=["NQ", "NK", "W", "NMB", "NKB", "HG"])
-def adasplash_fwd_scan_tau_kernel(
-    q, k, alpha, tau, tile_gap, tile_thr, tile_idx, tile_cnt, cu_seqlens_q, cu_seqlens_k, q_pos, k_pos, kpm,
-    scale, softcap, fold_lo, fold_hi, NQ, NK, W, NMB, NKB, HG,
-    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-    stride_rs, stride_rb, stride_rh, stride_pqb, stride_pkb, stride_mb,
-    H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, MAX_ITERS: tl.constexpr, DOT_PREC: tl.constexpr,
-    CH: tl.constexpr, BNT: tl.constexpr, BNT_SQ: tl.constexpr, HALLEY: tl.constexpr = True,
-    HALLEY_GENERAL: tl.constexpr = False, LATE_SUM: tl.constexpr = False, HEAVY_FIRST: tl.constexpr = False,
-    STRICT_TOL: tl.constexpr = False, FIRST_FOLD: tl.constexpr = False, ROW_LIVE: tl.constexpr = False,
-    SCAN_SPLIT: tl.constexpr = 0, TOPK: tl.constexpr = 0, MAX_LIVE: tl.constexpr = 0, K_TMA: tl.constexpr = False,
-):
-    """The scan and tau kernels as one: each query block solves its tau right after its dense pass, from the row max
-    and start it holds in registers, and writes what the tau kernel writes.
-
-    On sparse rows the tau work is a short chain of dependent loads (Q again, the list, two passes over a tile or
-    two): as its own launch it runs latency-bound, here it overlaps with other blocks' scans on the same SM. Dense
-    rows' passes run slower here, under the scan's launch settings: with ``MAX_LIVE``, a block with more tiles above
-    m - 1 (the list's loosest threshold for entmax) writes its rows as the scan kernel does and a list length of -1,
-    and the tau kernel (``ROUTED``) solves it.
-    """
-    i_m, i_bh, i_b64, i_h, i_hk, bos_q, Nq, bos_k, Nk, m0, m1 = query_block(cu_seqlens_q, cu_seqlens_k, NQ, NK, NMB, H,
-                                                                             G, BM, IS_VARLEN, HEAVY_FIRST, HG)
-    if m0 >= Nq:
-        return
-    off = Nk - Nq
-    o_m, o_d, m_row, m_d, o_tok, b_q, b_qp = load_q_block(q, q_pos, i_b64, i_h, bos_q, m0, Nq, stride_qb, stride_qh,
-                                                          stride_qn, stride_pqb, BM, BD, D, HAS_POS)
-    k_base = k + i_b64 * stride_kb + i_hk * stride_kh + bos_k.to(tl.int64) * stride_kn
-    k_pos_base = k_pos + i_b64 * stride_pkb + bos_k
-    kpm_base = kpm + i_b64 * stride_mb
-    a_m1, is_soft, zs, pm1 = alpha_terms(alpha, i_h)
-    b_q = prescale_q(b_q, scale, zs, HAS_SOFTCAP, DOT_PREC)
-    lo, hi = kv_range(m0, m1, Nk, off, W, BN, IS_CAUSAL, HAS_WINDOW, HAS_POS)
-    p_blk = i_bh.to(tl.int64) * NMB + i_m
-    b_m, b_t2, b_t3, b_t4 = scan_tiles(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W,
-                                       b_qp, k_pos_base, kpm_base, tile_gap + p_blk * NKB, scale, softcap, zs, BM, BN,
-                                       IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP, DOT_PREC, SCAN_SPLIT,
-                                       BD != D, TOPK, K_TMA, D, BD)
-    b_start = b_m
-    if TOPK > 0:
-        b_start = tile_max_start(b_m, b_t2, b_t3, b_t4, a_m1, pm1, START_NEWTON, TOPK)
-    p_row = i_b64 * stride_rb + i_h * stride_rh + bos_q + o_m
-    if MAX_LIVE > 0:
-        tl.debug_barrier()  # the block's gap stores, seen by every thread
-        live = count_above(tile_gap + p_blk * NKB, -1.0, lo // BN, tl.cdiv(hi, BN), CH)
-        if live > MAX_LIVE:
-            tl.store(tau + p_row, b_m, mask=m_row)
-            if TOPK > 0:
-                tl.store(tau + stride_rs + p_row, b_start, mask=m_row)
-            tl.store(tile_cnt + p_blk, -1)
-            return
-    # rows the block does not hold: as the tau kernel loads them (masked to -inf and -1)
-    b_m = tl.where(m_row, b_m, float("-inf"))
-    b_start = tl.where(m_row, b_start, -1.0)
-    b_m, b_tau, thr, cnt = solve_tau(b_q, k_base, stride_kn, o_m, o_d, m_d, m_row, m0, m1, lo, hi, Nk, off, W, b_qp,
-                                     k_pos_base, kpm_base, tile_gap + p_blk * NKB, tile_idx + p_blk * NKB, b_m, scale,
-                                     softcap, zs, a_m1, pm1, is_soft, near1_anchor(pm1, DOT_PREC), fold_lo, fold_hi,
-                                     BM, BN, BNT, BNT_SQ, IS_CAUSAL, HAS_WINDOW, HAS_POS, HAS_KPM, HAS_SOFTCAP,
-                                     MAX_ITERS, DOT_PREC, CH, HALLEY, HALLEY_GENERAL, LATE_SUM, STRICT_TOL, b_start,
-                                     TOPK > 0, FIRST_FOLD, ROW_LIVE)
     tl.store(tau + p_row, b_m, mask=m_row)
     tl.store(tau + stride_rs + p_row, b_tau, mask=m_row)
     tl.store(tile_thr + p_blk, thr)

@@ -444,13 +444,3 @@ def compact(p_val, stride_val, p_thr, thr, p_idx, p_out, start, end, CH: tl.cons
         tl.store(p_out + cnt + tl.cumsum(b_k, 0) - 1, o_i, mask=b_keep)
         cnt += tl.sum(b_k, 0)
     return cnt
-
-
-@triton.jit
-def count_above(p_val, thr, start, end, CH: tl.constexpr):
-    """How many of ``p_val[start:end]`` beat ``thr``."""
-    cnt = start * 0
-    for c0 in range(start, end, CH):
-        o_c = c0 + tl.arange(0, CH)
-        cnt += tl.sum((tl.load(p_val + o_c, mask=o_c < end, other=float("-inf")) > thr).to(tl.int32), 0)
-    return cnt

@@ -24,12 +24,7 @@ from pathlib import Path
 import triton
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
-from hf_adasplash.kernels.attn_fwd import (
-    adasplash_fwd_kernel,
-    adasplash_fwd_scan_kernel,
-    adasplash_fwd_scan_tau_kernel,
-    adasplash_fwd_tau_kernel,
-)
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
@@ -41,7 +36,6 @@ from hf_adasplash.ops.tiling import (
     flat_dispatch,
     fwd_launch_args,
     scan_launch_args,
-    scan_solve_args,
     solve_launch_args,
     solve_settings,
     tau_pass_args,
@@ -117,14 +111,8 @@ def cases(D: int, t, fp32: bool = False):
     topk = t.tile_max_start if t.solve and not fp32 else 0
     if t.scan:
         yield ("fwd scan (phase A)", adasplash_fwd_scan_kernel,
-               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split, TOPK=topk, K_TMA=t.scan_tma),
-               scan_launch_args(t))
+               dict(base, HEAVY_FIRST=t.heavy_first, SCAN_SPLIT=t.scan_split, TOPK=topk), scan_launch_args(t))
     solve = t.scan and t.solve
-    if solve and t.scan_solve[0]:
-        yield ("fwd scan + tau (phases A, B)", adasplash_fwd_scan_tau_kernel,
-               dict(base, HEAVY_FIRST=t.heavy_first, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **scan_solve_args(t),
-                    HALLEY=t.halley, HALLEY_GENERAL=t.halley_general, SCAN_SPLIT=t.scan_split, TOPK=topk,
-                    K_TMA=t.scan_tma), scan_launch_args(t))
     if solve:
         # the tau kernel as each host-side alpha hint launches it: unknown (a learning alpha), every head on the
         # multiplication grid (snapped), every head 1.5 or 2 (a fixed float)

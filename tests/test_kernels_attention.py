@@ -8,7 +8,6 @@ write fails the comparison.
 """
 
 import dataclasses
-import functools
 import math
 
 import pytest
@@ -352,124 +351,6 @@ def test_scan_and_tau_kernels_match_fused_phases(monkeypatch, causal, late_sum):
             assert torch.equal(x, y)
     ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=causal, key_padding_mask=kpm)
     assert (fwd_s[0].double() - ref).abs().max().item() <= 2e-5
-
-
-@pytest.mark.parametrize("causal,dtype,late_sum", [(True, torch.float16, False), (True, torch.float32, True),
-                                                    (False, torch.float16, True), (False, torch.float32, False)])
-def test_scan_tau_kernel_matches_the_scan_and_tau_kernels(monkeypatch, causal, dtype, late_sum):
-    # Tiles.scan_solve: the tau solve inside the scan kernel, from the row max and start in its registers, against
-    # the two kernels with the same slices: bit-identical outputs, tau rows, tile lists and gradients, at inference
-    # (fp16: from the tile-maxima start, its first pass stopping at the fold's tolerance) and while alpha learns;
-    # softmax, entmax and sparsemax heads, padded keys; local inputs, so that tiles get skipped
-    from hf_adasplash.cli.bench import make_inputs
-    from hf_adasplash.ops import tiling
-
-    q, k, v = make_inputs(2, 4, 2, 70, 70, 32, 3.0, dtype, "cpu", requires_grad=True)
-    kpm = torch.rand(2, 70) > 0.2
-    a = _alpha((1.0, 1.3, 1.5, 2.0), 4)
-    base = dataclasses.replace(tiling.tiles(32), solve_bn=16, solve_bn_square=32, solve_late_sum=late_sum)
-    assert base.tile_max_start > 0 and base.scan and base.solve
-    runs, kernels = {}, []
-    real = attention_ops.launch
-
-    def spy(fn, grid, **kw):
-        kernels.append(fn.fn.__name__)
-        real(fn, grid, **kw)
-
-    monkeypatch.setattr(attention_ops, "launch", spy)
-    routed_here = []
-    # (split) the two kernels; (fused) every block solved in the scan; (routed) blocks with more than one tile above
-    # m - 1 left to the tau kernel
-    for mode, scan_solve in (("split", (0, 0, 0, 0)), ("fused", (16, 32, int(late_sum), 0)),
-                             ("routed", (16, 32, int(late_sum), 1))):
-        kernels.append(mode)
-        variant = dataclasses.replace(base, scan_solve=scan_solve)
-        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
-        fwds = [torch.ops.hf_adasplash.attn_fwd(q.detach(), k.detach(), v.detach(), a.detach(), None, None, None,
-                                                None, kpm, 70, 70, causal, 32**-0.5, -1, 0.0, need, need)
-                for need in (False, True)]
-        out = adasplash_attention_triton(q, k, v, a, is_causal=causal, key_padding_mask=kpm)
-        runs[mode] = (fwds, torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
-    names = {mode: kernels[kernels.index(mode) + 1:][:3] for mode in runs}
-    assert names["split"] == ["adasplash_fwd_scan_kernel", "adasplash_fwd_tau_kernel", "adasplash_fwd_kernel"]
-    assert names["fused"][:2] == ["adasplash_fwd_scan_tau_kernel", "adasplash_fwd_kernel"]
-    assert names["routed"] == ["adasplash_fwd_scan_tau_kernel", "adasplash_fwd_tau_kernel", "adasplash_fwd_kernel"]
-    fwds_s, g_s = runs.pop("split")
-    for mode, (fwds_f, g_f) in runs.items():
-        for fwd_s, fwd_f in zip(fwds_s, fwds_f):
-            for name, x, y in zip(["o", "o2", "tau", "ent", "o3", "gap", "thr"], fwd_s, fwd_f):
-                torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=f"{mode} {name}")
-            cnt = fwd_s[8]
-            assert torch.equal(cnt, fwd_f[8]) and (cnt < fwd_s[5].shape[-1]).any()  # some tiles skipped
-            for i in range(cnt.numel()):  # entries past each list's length are scratch
-                n = int(cnt.flatten()[i])
-                assert torch.equal(fwd_s[7].flatten(0, 1)[i, :n], fwd_f[7].flatten(0, 1)[i, :n])
-            routed_here.append(((fwd_s[5] > -1).sum(-1) > 1).float().mean().item())
-        for x, y in zip(g_s, g_f):
-            assert torch.equal(x, y)
-    assert 0 < routed_here[-1] < 1  # the routed run solved some blocks in each kernel
-    ref = attention_reference(q.double(), k.double(), v.double(), a.double(), is_causal=causal, key_padding_mask=kpm)
-    tol = 2e-5 if dtype == torch.float32 else 5e-3
-    assert (fwds_s[0][0].double() - ref).abs().max().item() <= tol * ref.abs().max().item()
-
-
-@pytest.mark.parametrize("causal,D,dtype,layout", [
-    (True, 32, torch.float16, "bhnd"), (False, 20, torch.float32, "bhnd"), (True, 24, torch.float16, "bnhd"),
-    (False, 32, torch.float32, "varlen"),
-])
-def test_scan_tma_descriptor_changes_no_bit(monkeypatch, causal, D, dtype, layout):
-    # Tiles.scan_tma: the scan's unmasked loop reads K through a TMA descriptor (zero-filled past D: D = 20 and 24
-    # pad to 32) instead of pointer loads: identical gaps, rows, lists, outputs and gradients; K as a [B, N, H, D]
-    # projection's strided view, and packed varlen sequences (each sequence's first key aligned by the strides)
-    from hf_adasplash.cli.bench import make_inputs
-    from hf_adasplash.ops import tiling
-
-    q, k, v = make_inputs(2, 4, 2, 90, 90, D, 3.0, dtype, "cpu")
-    attend = functools.partial(adasplash_attention_triton, is_causal=causal)
-    if layout == "bnhd":  # as HF hands them over: [B, N, H, D] memory, [B, H, N, D] views
-        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
-    if layout == "varlen":  # two sequences of 90 and 60 tokens, packed: [T, H, D]
-        q, k, v = (torch.cat([x[0], x[1, :, :60]], 1).transpose(0, 1).contiguous() for x in (q, k, v))
-        cu = torch.tensor([0, 90, 150], dtype=torch.int32)
-        attend = functools.partial(adasplash_varlen_attention_triton, cu_seqlens_q=cu, cu_seqlens_k=cu,
-                                   max_seqlen_q=90, max_seqlen_k=90, is_causal=causal)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    a = _alpha((1.0, 1.25, 1.5, 2.0), 4)
-    assert attention_ops.k_tma_ok(k.detach())
-    seen, real = [], attention_ops.launch
-
-    def spy(fn, grid, **kwargs):
-        if fn is attention_ops.adasplash_fwd_scan_kernel:
-            seen.append(kwargs["K_TMA"])
-        real(fn, grid, **kwargs)
-
-    monkeypatch.setattr(attention_ops, "launch", spy)
-    runs = {}
-    for tma in (False, True):
-        variant = dataclasses.replace(tiling.tiles(D), scan_tma=tma)
-        monkeypatch.setattr(attention_ops, "tiles", lambda d, _t=variant: _t)
-        with torch.no_grad():
-            infer = attend(q, k, v, alpha=a)
-        out = attend(q, k, v, alpha=a)
-        runs[tma] = (infer, out, *torch.autograd.grad(out, (q, k, v, a), torch.ones_like(out)))
-    assert seen == [False, False, True, True]
-    for x, y in zip(runs[False], runs[True]):
-        if dtype == torch.float32:
-            # the interpreter's fp32 dot is numpy's, whose summation order follows the operands' memory layout (K
-            # [BN, D] transposed against K^T loaded directly); on the GPU either is the same MMA
-            torch.testing.assert_close(x, y, rtol=0, atol=2e-6 * x.abs().max().item())
-        else:
-            assert torch.equal(x, y)
-
-
-def test_k_tma_ok_needs_aligned_heads():
-    # what k_tma_ok checks for the scan's TMA descriptor (the interpreter stands in for a Hopper GPU)
-    k = torch.randn(2, 4, 64, 32)
-    assert attention_ops.k_tma_ok(k)
-    assert attention_ops.k_tma_ok(k.transpose(1, 2).contiguous().transpose(1, 2))  # HF's [B, N, H, D] views
-    assert not attention_ops.k_tma_ok(torch.randn(2 * 4 * 64 * 32 + 1)[1:].view(2, 4, 64, 32))  # base off by 4 B
-    assert not attention_ops.k_tma_ok(torch.randn(2, 4, 64, 33)[..., :32])  # rows 132 B apart: not 16-byte multiples
-    assert attention_ops.k_tma_ok(torch.randn(2, 4, 64, 36)[..., :32])  # 144 B apart: aligned
 
 
 @pytest.mark.parametrize("nq,nk", [(75, 100), (100, 75)])

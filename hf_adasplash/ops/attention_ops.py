@@ -18,16 +18,10 @@ import triton
 
 from hf_adasplash.kernels.attn_bwd import adasplash_bwd_kernel_dkv, adasplash_bwd_kernel_dq
 from hf_adasplash.kernels.attn_bwd_dalpha import adasplash_bwd_kernel_dalpha_per_entry
-from hf_adasplash.kernels.attn_fwd import (
-    adasplash_fwd_kernel,
-    adasplash_fwd_scan_kernel,
-    adasplash_fwd_scan_tau_kernel,
-    adasplash_fwd_tau_kernel,
-)
+from hf_adasplash.kernels.attn_fwd import adasplash_fwd_kernel, adasplash_fwd_scan_kernel, adasplash_fwd_tau_kernel
 from hf_adasplash.ops.launch import launch
 from hf_adasplash.ops.plans import Plan, PlanCache, Step, tensor_sig
 from hf_adasplash.ops.tiling import (
-    INTERPRET,
     LIST_CHUNK,
     MAX_TAU_ITERS,
     bwd_heavy_first,
@@ -39,7 +33,6 @@ from hf_adasplash.ops.tiling import (
     fwd_launch_args,
     heavy_group,
     scan_launch_args,
-    scan_solve_args,
     solve_launch_args,
     solve_settings,
     tau_pass_args,
@@ -117,19 +110,6 @@ def _contiguous_qkv(table) -> bool:
     return copied
 
 
-def k_tma_ok(k: torch.Tensor) -> bool:
-    """Whether the scan may read ``k`` through a TMA descriptor: a Hopper or later GPU (or the interpreter), a
-    16-byte aligned base, and batch/head/token strides whose byte sizes are multiples of 16, so that every head's
-    (and varlen sequence's) first key is aligned too."""
-    if k.is_cuda:
-        if torch.cuda.get_device_capability(k.device)[0] < 9:
-            return False
-    elif not INTERPRET:
-        return False
-    size = k.element_size()
-    return k.data_ptr() % 16 == 0 and k.stride(-1) == 1 and all(s * size % 16 == 0 for s in k.stride()[:-1])
-
-
 def _flags(is_causal, window, softcap, q_pos, kpm, cu_seqlens_q, q):
     return {
         "IS_CAUSAL": bool(is_causal or q_pos is not None), "HAS_WINDOW": window > 0, "HAS_POS": q_pos is not None,
@@ -159,10 +139,8 @@ def attn_fwd_impl(
              "q_pos": q_pos, "k_pos": k_pos, "kpm": key_padding_mask}
     opts = (max_seqlen_q, max_seqlen_k, is_causal, scale, window, softcap, need_bwd, need_ent, alpha_square)
     # the module-level hooks are part of the key: scripts and tests replace them (launch settings, spies)
-    # K's alignment, for the scan's TMA descriptor (a copy made for contiguity is aligned)
-    key = (t, opts, _current_device(q), k.data_ptr() % 16 == 0, *map(tensor_sig, table.values()), fold_args,
-           adasplash_fwd_scan_kernel,
-           adasplash_fwd_tau_kernel, adasplash_fwd_scan_tau_kernel, adasplash_fwd_kernel)
+    key = (t, opts, _current_device(q), *map(tensor_sig, table.values()), fold_args, adasplash_fwd_scan_kernel,
+           adasplash_fwd_tau_kernel, adasplash_fwd_kernel)
     plan = _FWD_PLANS.get(key, lambda: _fwd_plan(t, table, *opts))
     if plan.copies:
         _contiguous_qkv(table)
@@ -225,37 +203,23 @@ def _fwd_plan(t, table, max_seqlen_q, max_seqlen_k, is_causal, scale, window, so
         **_flags(is_causal, window, softcap, table["q_pos"], table["kpm"], cu_seqlens_q, q),
     )
     common_tensors = {"alpha": "alpha", "tile_gap": "tile_gap", **aux_names}
-    # the scan's TMA descriptor serves its unmasked loops only (scan_tiles)
-    k_tma = t.scan_tma and t.scan_split > 0 and not (window > 0 or table["q_pos"] is not None or
-                                                    table["kpm"] is not None) and k_tma_ok(k)
-    plan.scratch = k_tma
     heavy_first = t.heavy_first and common["IS_CAUSAL"]
     grid = (B * Hq, NMB) if heavy_first else (NMB, B * Hq)
     common["HEAVY_FIRST"] = heavy_first
     common["HG"] = heavy_group(t, B * Hq, Hq // Hkv, NK, D, q.element_size()) if heavy_first else 1
-    fused = solve and t.scan_solve[0] > 0
-    if t.scan and not fused:
+    if t.scan:
         plan.steps.append(Step(adasplash_fwd_scan_kernel, grid, dict(
-            **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, TOPK=topk, K_TMA=k_tma,
-            **scan_launch_args(t),
+            **_io_strides(strides, q=q, k=k), **common, SCAN_SPLIT=t.scan_split, TOPK=topk, **scan_launch_args(t),
         ), {"q": "q", "k": "k", "rows": "scratch", **common_tensors}))
     if solve:
-        tau_args = dict(**_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS,
-                        CH=LIST_CHUNK, HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
-                        STRICT_TOL=need_ent and t.strict_tol_learning, FIRST_FOLD=not need_bwd,
-                        ROW_LIVE=t.row_live and need_bwd)
-        tau_tensors = {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
-                       "tile_cnt": "tile_cnt", **common_tensors}
-        if fused:
-            plan.steps.append(Step(adasplash_fwd_scan_tau_kernel, grid, dict(
-                **tau_args, **scan_solve_args(t), SCAN_SPLIT=t.scan_split, TOPK=topk, K_TMA=k_tma,
-                **scan_launch_args(t),
-            ), tau_tensors))
-        routed = fused and t.scan_solve[3] > 0  # blocks with long lists left to the tau kernel
-        if routed or not fused:
-            plan.steps.append(Step(adasplash_fwd_tau_kernel, grid, dict(
-                **tau_args, **tau_pass_args(t), TILE_MAX_START=topk > 0, ROUTED=routed, **solve_launch_args(t),
-            ), tau_tensors))
+        plan.steps.append(Step(adasplash_fwd_tau_kernel, grid, dict(
+            **_io_strides(strides, q=q, k=k), **common, **fold_args(t), MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK,
+            **tau_pass_args(t), HALLEY=t.halley, HALLEY_GENERAL=t.halley_general,
+            STRICT_TOL=need_ent and t.strict_tol_learning, TILE_MAX_START=topk > 0,
+            FIRST_FOLD=not need_bwd, ROW_LIVE=t.row_live and need_bwd,
+            **solve_launch_args(t),
+        ), {"q": "q", "k": "k", "tau": "scratch", "tile_thr": "tile_thr", "tile_idx": "tile_idx",
+            "tile_cnt": "tile_cnt", **common_tensors}))
     plan.steps.append(Step(adasplash_fwd_kernel, grid, dict(
         **_io_strides(strides, q=q, k=k, v=table["v"], o=o), **common, **fold_args(t), FOLD=t.fold,
         NEED_BWD=need_bwd, NEED_ENT=need_ent, MAX_ITERS=MAX_TAU_ITERS, CH=LIST_CHUNK, **tau_pass_args(t),

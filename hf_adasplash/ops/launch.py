@@ -167,21 +167,6 @@ class Bound:
 _launchers: dict = {}
 
 
-def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    # (torch's allocations are 512-byte aligned; Triton asks for 128 bytes per descriptor and program)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    return torch.empty(size, dtype=torch.int8, device=device)
-
-
-def ensure_scratch_allocator() -> None:
-    """Kernels that build TMA descriptors on the device take Triton's global scratch: where this thread's context
-    has no allocator (Triton's default raises), torch's caching allocator serves it. A user's own allocator stays."""
-    from triton.runtime import _allocation
-
-    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-        triton.set_allocator(_torch_scratch)
-
-
 def cached_launch_enabled() -> bool:
     return os.environ.get(ENV) != "0"
 

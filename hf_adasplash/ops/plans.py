@@ -46,7 +46,6 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     cuda: bool = False
     copies: bool = False  # some input needs a copy before the launches (the op makes it; a plan only records it)
-    scratch: bool = False  # some launch takes Triton's global scratch (TMA descriptors built on the device)
 
     def allocate(self, table: dict) -> dict:
         for name, make in self.allocs:
@@ -57,8 +56,6 @@ class Plan:
         """Launches every step with the tensors of ``table``, through ``launch_fn`` or, where it is the real
         :func:`launch` on CUDA, through each step's bound compiled kernel."""
         fast = self.cuda and launch_fn is _launch.launch and _launch.cached_launch_enabled()
-        if self.scratch:
-            _launch.ensure_scratch_allocator()
         for s in self.steps:
             if fast and s.bound and s.bound(table):
                 continue

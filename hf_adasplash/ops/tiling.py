@@ -60,15 +60,7 @@ class Tiles:
     scan_warps: int = 4
     scan_maxnreg: int = 0  # register cap of the scan kernel (0: the compiler's choice)
     scan_stages: int = 3
-    # the scan's unmasked loop reads K through a TMA descriptor (Hopper and later; where K's base and strides are
-    # 16-byte aligned: ``attention_ops.k_tma_ok``)
-    scan_tma: bool = False
     solve: bool = True  # phase B (tau) as its own kernel, after the scan (needs scan)
-    # ...or inside the scan kernel, right after each block's dense pass (``adasplash_fwd_scan_tau_kernel``), with the
-    # scan's launch settings: (tau slice width, the same for alpha = 1.5 / 2 and the integer powers, late sums 0/1,
-    # the most tiles above m - 1 a block may have to be solved there: the others go on to the tau kernel, 0 none);
-    # 0s: the two kernels
-    scan_solve: tuple[int, int, int, int] = (0, 0, 0, 0)
     solve_warps: int = 4
     solve_stages: int = 3
     solve_maxnreg: int = 0  # register cap of the tau kernel (0: the compiler's choice)
@@ -84,9 +76,10 @@ class Tiles:
     # the tau loop starts from a bound the scan solves from each row's this many (<= 4) largest tile maxima (alpha
     # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19)
     tile_max_start: int = 0
-    # the tau kernel's second pass drops a listed tile where no row's max beats that row's certified bound
-    # (the list's own test takes the block's lowest bound: on SmolLM2's real q/k it keeps 54% of the tiles where 45%
-    # hold weight, at alpha 4/3; bench/NOTES.md v23). Off until timed on a GPU
+    # before a backward, the tau kernel's second pass drops a listed tile where no row's max beats that row's
+    # certified bound (the list's own test takes the block's lowest bound: on SmolLM2's real q/k it keeps 54% of the
+    # tiles where 45% hold weight, at alpha 4/3; bench/NOTES.md v23). Off: on pretrained SmolLM2's q/k, fwd+bwd
+    # -2 to -4.5%; on random and synthetic local inputs +2 to +5% (H200, bench/NOTES.md v24)
     row_live: bool = False
     heavy_first: bool = True  # causal forward: the query blocks that see the most keys launch first
     # ...in groups of heads whose K and V fit this many KiB (of the H100's 50 MiB L2; ``heavy_group``); 0: one group
@@ -313,12 +306,6 @@ def fwd_launch_args(t: Tiles, need_bwd: bool, need_ent: bool, fp32: bool) -> dic
 def scan_launch_args(t: Tiles) -> dict[str, int]:
     """The scan kernel's launch options: warps, stages and, where set, its register cap."""
     return _launch_args(t.scan_warps, t.scan_stages, t.scan_maxnreg)
-
-
-def scan_solve_args(t: Tiles) -> dict[str, int]:
-    """The tau passes' slice widths and row-sum mode inside the scan kernel (``Tiles.scan_solve``)."""
-    bnt, bnt_sq, late, max_live = t.scan_solve
-    return {"BNT": min(bnt, t.BN), "BNT_SQ": min(bnt_sq or bnt, t.BN), "LATE_SUM": bool(late), "MAX_LIVE": max_live}
 
 
 def solve_launch_args(t: Tiles) -> dict[str, int]:
