@@ -6,6 +6,8 @@ entmax for scale. Defaults: N = 4096, D = 64, random inputs, alphas (1.25, 1.35,
 
     python scripts/fold_accuracy.py
     python scripts/fold_accuracy.py --pos 0.5 --variant start0=tile_max_start=0 --variant start8=tile_max_start=8
+    python scripts/fold_accuracy.py --alphas 1.5,1.5,1.5,1.5 --batch 4 --alpha-float \
+        --variant start4=tile_max_start=4 --variant start3=tile_max_start=3      # bench/NOTES.md v24
 """
 
 import argparse
@@ -26,12 +28,18 @@ ap.add_argument("--pos", type=float, default=0.0, help="input family: 0 random, 
 ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
 ap.add_argument("--variant", action="append", default=[], metavar="NAME=FIELD=VALUE[,FIELD=VALUE]",
                 help="Tiles overrides under a name (repeatable; default: the v9 fold variants)")
+ap.add_argument("--batch", type=int, default=1)
+ap.add_argument("--alpha-float", action="store_true",
+                help="also the inference forward with alpha as a Python float, as the bench passes it (the tau "
+                     "kernel's settings for 1.5 / 2); needs one alpha for every head")
 args = ap.parse_args()
+if args.alpha_float and len(set(args.alphas.split(","))) != 1:
+    ap.error("--alpha-float needs the same alpha for every head (e.g. --alphas 1.5,1.5,1.5,1.5)")
 
 torch.manual_seed(0)
 alphas = [float(x) for x in args.alphas.split(",")]
 H, N, D = len(alphas), args.n, args.d
-q, k, v = make_inputs(1, H, H, N, N, D, args.pos, getattr(torch, args.dtype), "cuda", requires_grad=True)
+q, k, v = make_inputs(args.batch, H, H, N, N, D, args.pos, getattr(torch, args.dtype), "cuda", requires_grad=True)
 a = torch.tensor(alphas, device="cuda", dtype=torch.float64, requires_grad=True)
 g = torch.randn_like(q)
 ref = attention_reference(q.double(), k.double(), v.double(), a, is_causal=True)
@@ -59,6 +67,10 @@ for name, t in variants.items():
     out = adasplash_attention_triton(q, k, v, a, is_causal=True)
     gr = torch.autograd.grad(out, (q, k, v, a), g)
     print(f"{name:14s} inference out per head {rel(oi, ref)}")
+    if args.alpha_float:
+        with torch.no_grad():
+            of = adasplash_attention_triton(q, k, v, alphas[0], is_causal=True)
+        print(f"{name:14s} inference out, alpha as a float, per head {rel(of, ref)}")
     print(f"{name:14s} training  out per head {rel(out, ref)}")
     for gn, x, y in zip(("dq", "dk", "dv"), gr[:3], gref[:3]):
         print(f"{name:14s} {gn} per head {rel(x, y)}")

@@ -74,7 +74,8 @@ class Tiles:
     # snapped and frozen alpha): no head takes the general power, whose loop wants narrow slices (0: no change)
     grid_solve_bn: int = 0
     # the tau loop starts from a bound the scan solves from each row's this many (<= 4) largest tile maxima (alpha
-    # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19)
+    # <= 1.5; bf16/fp16; needs scan and solve; at inference and while alpha learns); 0: from m - 1 (NOTES v19). 2 and
+    # 3 gave dense inference outputs 4e-2 (of the largest entry) away from 4's, unexplained (NOTES v24): 0 or 4
     tile_max_start: int = 0
     # before a backward, the tau kernel's second pass drops a listed tile where no row's max beats that row's
     # certified bound (the list's own test takes the block's lowest bound: on SmolLM2's real q/k it keeps 54% of the
