@@ -15,6 +15,10 @@ tile first, so it can keep the exact sums ``sum x^n``, ``x^(n-1)``, ``x^(n-2)`` 
 ``tau0 = (the diagonal tile's row max) - 1 <= m - 1``, a valid point for a Newton/Halley step (certified from the
 left). The tau loop then starts at that step's point, and its first pass may already stop at the fold's tolerance.
 ``--sink`` adds a score bump on key 0 (an attention sink: the row max then lies outside the diagonal tile).
+
+``passes_closed`` (alpha = 1.5): the loop's passes if each pass also made the closed-form step on its support and
+stopped a row where that step is exact (``closed_form_step``): fewer passes on local rows, none saved on random
+ones (bench/NOTES.md v24).
 """
 
 import argparse
@@ -76,6 +80,42 @@ def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
     return np.where((new >= t_lo) & (new < t_hi), new, t_lo), dn, r, t_lo, t_hi
 
 
+def closed_form_step(zb, t):
+    """alpha = 1.5 (x^2): from one pass at offsets ``t``, the root of sum [z - t - d]^2 = 1 on the current support
+    (rows with no real root: nan) and whether it is exact: no entry crosses the threshold on the way (the pass's
+    smallest positive x lies above a rightward step, its largest non-positive x at or below a leftward one).
+    Returns (step, exact)."""
+    x = zb - t[:, None]
+    xp = np.where(np.isfinite(x), np.maximum(x, 0.0), 0.0)
+    s0, s1, s2 = (xp * xp).sum(1), xp.sum(1), (xp > 0).sum(1).astype(float)
+    disc = s1 * s1 - s2 * (s0 - 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dc = np.where(disc >= 0, (s0 - 1.0) / (s1 + np.sqrt(np.maximum(disc, 0.0))), np.nan)
+    x_pos = np.where(x > 0, x, np.inf).min(1)
+    x_neg = np.where(np.isfinite(x) & (x <= 0), x, -np.inf).max(1)
+    exact = np.isfinite(dc) & (((dc >= 0) & (dc < x_pos)) | ((dc < 0) & (x_neg <= dc)))
+    return dc, exact
+
+
+def closed_form_passes(zb, t, tol, am1=0.5):
+    """Passes until every row of the block is done, rows finishing by the kernel's Halley test or by an exact
+    closed-form step (``closed_form_step``), each row moving to its closed-form point where that is exact and to the
+    Halley point otherwise; returns (passes, offsets)."""
+    t_lo, t_hi = t.copy(), np.zeros(len(zb))
+    done = np.zeros(len(zb), bool)
+    for it in range(64):
+        x = np.where(np.isfinite(zb), np.maximum(zb - t[:, None], 0.0), 0.0)
+        s0, s1, s2 = (x * x).sum(1), x.sum(1), (x > 0).sum(1).astype(float)
+        new, dn, r, t_lo, t_hi = halley(t, s0, s1, s2, am1, 1.0, t_lo, t_hi)
+        dc, exact = closed_form_step(zb, t)
+        conv = (np.abs(new - t) <= tol) | (r * dn * dn <= tol * 1e-3)
+        t = np.where(done, t, np.where(exact, t + np.nan_to_num(dc), new))
+        done |= exact | conv
+        if done.all():
+            return it + 1, t
+    return 64, t
+
+
 def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, scan_start=False, sink=0.0,
              tile_max_k=0, pos=0.0, tile_max_newton=0):
     rng = np.random.default_rng(seed)
@@ -108,7 +148,7 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
     s0, s1, _, x, u = sums(z, (lo + hi) / 2)
     o_ex, o2_ex = (u * x) @ v, (u @ v) / s1[:, None]
 
-    passes = {"loop": [], "fold": []}
+    passes = {"loop": [], "fold": [], "closed": []}
     listed = []  # per block: the share of its visible tiles in the tau passes' candidate list (a gap above thr)
     o_loop, o_fold, o2_fold, o_norm = (np.zeros_like(o_ex) for _ in range(4))
     for b0 in range(0, n, bm):
@@ -140,13 +180,16 @@ def simulate(alpha, mult, n=1024, d=64, bm=128, half=True, temp=1.0, seed=0, sca
                 break
         passes["loop"].append(len(hist) - 1)
         passes["fold"].append(stop or len(hist) - 1)
+        if alpha == 1.5:
+            passes["closed"].append(closed_form_passes(zb, hist[0], tol)[0])
         o_loop[b0:b0 + bm] = sums(zb, np.maximum(t, t_lo))[3] ** p @ v
         s0, s1, _, x, u = sums(zb, hist[passes["fold"][-1]])
         o_fold[b0:b0 + bm] = (u * x) @ v - ((s0 - 1) / s1)[:, None] * (u @ v)
         o2_fold[b0:b0 + bm] = (u @ v) / s1[:, None]
         o_norm[b0:b0 + bm] = (u * x) @ v / s0[:, None]
     scale = np.abs(o_ex).max()
-    return {"passes_loop": np.mean(passes["loop"]), "passes_fold": np.mean(passes["fold"]),
+    closed = {"passes_closed": np.mean(passes["closed"])} if passes["closed"] else {}
+    return {**closed, "passes_loop": np.mean(passes["loop"]), "passes_fold": np.mean(passes["fold"]),
             "err_loop": np.abs(o_loop - o_ex).max() / scale, "err_fold": np.abs(o_fold - o_ex).max() / scale,
             "o2_err_fold": np.abs(o2_fold - o2_ex).max(), "err_norm": np.abs(o_norm - o_ex).max() / scale,
             "tiles_listed": np.mean(listed)}

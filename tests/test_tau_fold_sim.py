@@ -50,3 +50,23 @@ def test_tile_max_start_is_exact_when_each_tile_holds_one_supported_entry():
 def test_loop_from_the_tile_maxima_start_runs(pos):
     res = _sim().simulate(4 / 3, 16.0, n=256, temp=2.0, tile_max_k=8, pos=pos)
     assert 1 <= res["passes_fold"] <= 2 and res["err_fold"] < 1e-3 and 0 < res["tiles_listed"] <= 1
+
+
+def test_closed_form_step_is_exact_where_it_says_so():
+    # alpha = 1.5: a step certified exact lands on the exact tau; from m - 1 on rows with a clear top, most rows are
+    # certified at once; the loop with the certificate never needs more passes than the Halley loop alone
+    sim = _sim()
+    rng = np.random.default_rng(1)
+    z = 0.5 * rng.standard_normal((128, 256))
+    z[:64, :3] += 3.0  # rows whose support is three keys well above the rest
+    z -= z.max(1, keepdims=True)
+    tau = _exact_tau(z, 2.0)
+    t0 = np.full(len(z), -1.0)
+    dc, exact = sim.closed_form_step(z, t0)
+    assert exact[:64].mean() > 0.5 and exact.any()
+    np.testing.assert_allclose((t0 + dc)[exact], tau[exact], atol=1e-12)
+    passes, t = sim.closed_form_passes(z, t0, 2.0**-6)
+    np.testing.assert_allclose(t, tau, atol=2e-3)
+    res = sim.simulate(1.5, 16.0, n=256, pos=2.0)
+    assert res["passes_closed"] <= res["passes_loop"]
+
