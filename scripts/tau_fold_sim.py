@@ -80,14 +80,19 @@ def halley(t, s0, s1, s2, am1, pm1, t_lo, t_hi):
     return np.where((new >= t_lo) & (new < t_hi), new, t_lo), dn, r, t_lo, t_hi
 
 
-def closed_form_step(zb, t):
-    """alpha = 1.5 (x^2): from one pass at offsets ``t``, the root of sum [z - t - d]^2 = 1 on the current support
-    (rows with no real root: nan) and whether it is exact: no entry crosses the threshold on the way (the pass's
-    smallest positive x lies above a rightward step, its largest non-positive x at or below a leftward one).
-    Returns (step, exact)."""
+def square_sums(zb, t):
+    """alpha = 1.5: x = z - t per entry and the pass's sums S0 = sum x^2, S1 = sum x, S2 = #(x > 0) over x > 0."""
     x = zb - t[:, None]
     xp = np.where(np.isfinite(x), np.maximum(x, 0.0), 0.0)
-    s0, s1, s2 = (xp * xp).sum(1), xp.sum(1), (xp > 0).sum(1).astype(float)
+    return x, (xp * xp).sum(1), xp.sum(1), (xp > 0).sum(1).astype(float)
+
+
+def closed_form_step(zb, t, sums=None):
+    """alpha = 1.5 (x^2): from one pass at offsets ``t`` (its ``square_sums``, computed here if not given), the root of
+    sum [z - t - d]^2 = 1 on the current support (rows with no real root: nan) and whether it is exact: no entry
+    crosses the threshold on the way (the pass's smallest positive x lies above a rightward step, its largest
+    non-positive x at or below a leftward one). Returns (step, exact)."""
+    x, s0, s1, s2 = square_sums(zb, t) if sums is None else sums
     disc = s1 * s1 - s2 * (s0 - 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         dc = np.where(disc >= 0, (s0 - 1.0) / (s1 + np.sqrt(np.maximum(disc, 0.0))), np.nan)
@@ -104,10 +109,9 @@ def closed_form_passes(zb, t, tol, am1=0.5):
     t_lo, t_hi = t.copy(), np.zeros(len(zb))
     done = np.zeros(len(zb), bool)
     for it in range(64):
-        x = np.where(np.isfinite(zb), np.maximum(zb - t[:, None], 0.0), 0.0)
-        s0, s1, s2 = (x * x).sum(1), x.sum(1), (x > 0).sum(1).astype(float)
-        new, dn, r, t_lo, t_hi = halley(t, s0, s1, s2, am1, 1.0, t_lo, t_hi)
-        dc, exact = closed_form_step(zb, t)
+        sums = square_sums(zb, t)  # one pass: both steps from its sums
+        new, dn, r, t_lo, t_hi = halley(t, *sums[1:], am1, 1.0, t_lo, t_hi)
+        dc, exact = closed_form_step(zb, t, sums)
         conv = (np.abs(new - t) <= tol) | (r * dn * dn <= tol * 1e-3)
         t = np.where(done, t, np.where(exact, t + np.nan_to_num(dc), new))
         done |= exact | conv

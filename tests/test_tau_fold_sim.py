@@ -69,4 +69,3 @@ def test_closed_form_step_is_exact_where_it_says_so():
     np.testing.assert_allclose(t, tau, atol=2e-3)
     res = sim.simulate(1.5, 16.0, n=256, pos=2.0)
     assert res["passes_closed"] <= res["passes_loop"]
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 from hf_adasplash.cli.card import BAR_LABELS
@@ -84,8 +85,6 @@ def test_compare_resume_keeps_the_steps_done_and_refuses_another_recipe(tmp_path
                                              out / "eval-sdpa.json")}
     first = json.loads((out / "compare.json").read_text())
     (out / "eval-adasplash.json").unlink()
-    import shutil
-
     shutil.rmtree(out / "sparsity")
     capsys.readouterr()
     assert main([*common, "--resume", "-o", str(out)]) == 0
